@@ -1,0 +1,85 @@
+"""The one interface every adaptation method implements.
+
+The runner, the CLI and the workflow only ever talk to a ``Method``; nothing downstream
+special-cases a method by name. A new baseline is a subclass in ``baselines/`` plus one line
+in ``diffprune/registry.py`` (and a config entry to run it).
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where the parameters allow it (CPU and CUDA floats).
+
+    Every method uses this same optimizer so that time/memory comparisons are fair.
+    """
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+
+
+class Method:
+    """How one method adapts a pretrained model to a task.
+
+    ``options`` are the method's own settings from the config's method entry (e.g. the
+    adapter bottleneck size); training hyperparameters arrive as a mapping ``training``.
+    """
+
+    name: ClassVar[str] = ""
+    # After training, fan out to project_ at each rate + fixed-mask finetuning.
+    projected: ClassVar[bool] = False
+    # The train phase is another method's run (non-adaptive diff pruning reuses full finetuning).
+    reuses: ClassVar[str | None] = None
+
+    def __init__(self, **options: Any) -> None:
+        unknown = set(options) - set(self.option_defaults())
+        if unknown:
+            raise ValueError(
+                f"method {self.name!r} got unknown option(s) {sorted(unknown)}; "
+                f"it accepts {sorted(self.option_defaults())}"
+            )
+        self.options = {**self.option_defaults(), **options}
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The method's own options and their defaults."""
+        return {}
+
+    def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
+        """Freeze / attach what the method needs; return the module to train."""
+        raise NotImplementedError
+
+    def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
+        """Optimizer groups; default: every trainable parameter at the base learning rate."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 else decay).append(p)
+        wd = float(training.get("weight_decay", 0.0))
+        return [g for g in ({"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+    def make_optimizer(self, model: nn.Module, training: dict) -> torch.optim.Optimizer:
+        return adamw(self.parameter_groups(model, training), lr=float(training["learning_rate"]))
+
+    def begin_step(self, model: nn.Module, step: int) -> None:
+        """Called once before each optimizer step's forward passes."""
+
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
+        """Extra loss added to the task loss (None: nothing)."""
+        return None
+
+    def new_parameter_count(self, model: nn.Module) -> int:
+        """Parameters stored per task (the paper's "new params / task" column)."""
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
+        """Write what the method stores per task into ``out_dir``; return {kind: file name}."""
+        return {}
+
+    def dense_diff(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        """theta_task - theta_0 for every diffed tensor, or None if the method has no diff."""
+        return None
