@@ -80,6 +80,11 @@ class Method:
         """Write what the method stores per task into ``out_dir``; return {kind: file name}."""
         return {}
 
+    def stats(self, model: nn.Module) -> dict | None:
+        """stats.json content for this run (per-layer nonzeros, zero groups, distances) or None."""
+        return None
+
     def dense_diff(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
         """theta_task - theta_0 for every diffed tensor, or None if the method has no diff."""
         return None
+

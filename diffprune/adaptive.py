@@ -1,0 +1,85 @@
+"""Adaptive diff pruning (the paper's method) as a ``Method``: the L0 phase.
+
+Its run is the "source" of one projection + fixed-mask finetuning per sparsity rate
+(``projected = True``), done by ``diffprune.projection.FixedMaskFinetuning``.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffprune.config import DiffPruningConfig
+from diffprune.diff import DiffPrunedModel
+from diffprune.methods import Method, adamw
+from diffprune.stats import diff_stats
+
+
+class AdaptiveDiffPruning(Method):
+    name = "diff_pruning"
+    projected = True
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        defaults = {f.name: f.default for f in fields(DiffPruningConfig) if f.name != "head_pattern"}
+        # Learning rate of the gate log-odds alpha; None = the run's learning rate (the paper
+        # uses one rate). A larger one lets gates actually close within a short CPU run.
+        defaults["alpha_learning_rate"] = None
+        return defaults
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.model: DiffPrunedModel | None = None
+
+    def _config(self, head_pattern: str) -> DiffPruningConfig:
+        values = {k: v for k, v in self.options.items() if k != "alpha_learning_rate"}
+        return DiffPruningConfig(head_pattern=head_pattern, **values)
+
+    def prepare(self, model: nn.Module, head_pattern: str) -> DiffPrunedModel:
+        self.model = DiffPrunedModel(model, self._config(head_pattern))
+        return self.model
+
+    def parameter_groups(self, model: DiffPrunedModel, training: dict) -> list[dict]:
+        lr = float(training["learning_rate"])
+        alpha_lr = float(self.options["alpha_learning_rate"] or lr)
+        groups = model.trainable_parameters()
+        out = [{"params": groups["w"], "lr": lr, "weight_decay": 0.0},
+               {"params": groups["alpha"], "lr": alpha_lr, "weight_decay": 0.0}]
+        if groups["head"]:
+            out.append({"params": groups["head"], "lr": lr, "weight_decay": float(training.get("weight_decay", 0.0))})
+        return out
+
+    def make_optimizer(self, model: DiffPrunedModel, training: dict) -> torch.optim.Optimizer:
+        return adamw(self.parameter_groups(model, training), lr=float(training["learning_rate"]))
+
+    def begin_step(self, model: DiffPrunedModel, step: int) -> None:
+        model.resample(step)
+
+    def penalty(self, model: DiffPrunedModel) -> torch.Tensor:
+        return model.penalty()
+
+    def new_parameter_count(self, model: DiffPrunedModel) -> int:
+        # Before projection the task stores the nonzeros of z * w (+ the head).
+        dense = model.dense_diff()
+        head = sum(p.numel() for p in model.head_parameters().values())
+        return int(sum(torch.count_nonzero(d).item() for d in dense.values())) + head
+
+    def dense_diff(self, model: DiffPrunedModel) -> dict[str, torch.Tensor]:
+        return model.dense_diff()
+
+    def stats(self, model: DiffPrunedModel) -> dict:
+        head = sum(p.numel() for p in model.head_parameters().values())
+        stats = diff_stats(model.dense_diff(), model.head_pattern, head_numel=head)
+        stats["expected_l0"] = float(model.expected_l0().detach())
+        return stats
+
+    def export(self, model: DiffPrunedModel, out_dir) -> dict[str, str]:
+        from diffprune.storage import save_dense_diff
+
+        head = {k: v.detach() for k, v in model.head_parameters().items()}
+        save_dense_diff(Path(out_dir) / "dense_diff.safetensors", model.dense_diff(), head,
+                        {"method": self.name, "options": self.options})
+        return {"dense_diff": "dense_diff.safetensors"}

@@ -1,0 +1,158 @@
+"""Adaptive diff pruning, L0 phase: theta = theta_0 + z * w with Hard-Concrete gates z.
+
+``DiffPrunedModel(model, config)`` attaches one diff (w, alpha) to every unique pretrained
+tensor of any torch model (the task head, matched by ``config.head_pattern``, is trained
+densely and not penalised). The pretrained tensors are never written to.
+
+Noise: one uniform sample per optimizer step (``resample(step)``), so every forward and
+backward of that step — gradient accumulation and the recompute of saved weights included —
+sees the same mask. Evaluation and export use one fixed sample drawn from
+``config.mask_seed`` (the paper also samples once after training; fixing the seed makes the
+exported diff reproducible).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffprune.config import DiffPruningConfig
+from diffprune.gates import ExpectedL0, fill_uniform_, gate_slope, logistic_s_, stretch_
+from diffprune.reparam import ReparametrizedModel, Slot
+
+_FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
+
+
+class _GatedDiff(torch.autograd.Function):
+    """theta_0 + z(s) * w for one tensor; backward recomputes z from the step's sample s.
+
+    Saves only references to existing tensors (w, alpha), so a step adds no d-sized
+    intermediate to memory beyond the per-step sample buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, w, alpha, group_alpha, model: "DiffPrunedModel", slot: Slot):
+        s = model.sample_view(slot)
+        z = stretch_(s, model.config.left, model.config.right)
+        if group_alpha is not None:
+            z.mul_(model.group_gate(slot.index))
+        ctx.model, ctx.slot = model, slot
+        ctx.save_for_backward(w, alpha)
+        ctx.has_group = group_alpha is not None
+        return torch.addcmul(slot.base, z, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, alpha = ctx.saved_tensors
+        model, slot = ctx.model, ctx.slot
+        left, right = model.config.left, model.config.right
+        s = model.sample_view(slot)
+        z_elem = stretch_(s, left, right)
+        grad_w = grad * z_elem
+        grad_alpha = grad * w
+        grad_group = None
+        if ctx.has_group:
+            z_group = model.group_gate(slot.index)
+            grad_w.mul_(z_group)
+            # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
+            grad_group = torch.zeros_like(model.group_alpha)
+            grad_group[slot.index] = (grad_alpha * z_elem).sum() * gate_slope(model.group_sample[slot.index], left, right)
+            grad_alpha.mul_(z_group)
+        grad_alpha.mul_(gate_slope(s, left, right))
+        return grad_w, grad_alpha, grad_group, None, None
+
+
+class DiffPrunedModel(ReparametrizedModel):
+    """A pretrained model plus a trainable gated diff on every pretrained tensor."""
+
+    def __init__(self, model: nn.Module, config: DiffPruningConfig | None = None) -> None:
+        config = config or DiffPruningConfig()
+        super().__init__(model, config.head_pattern)
+        self.config = config
+        self.w = nn.ParameterList(
+            nn.Parameter(torch.full_like(slot.base, config.w_init, dtype=torch.float32)) for slot in self.slots
+        )
+        self.alpha = nn.ParameterList(
+            nn.Parameter(torch.full_like(slot.base, config.alpha_init, dtype=torch.float32)) for slot in self.slots
+        )
+        self.group_alpha = (
+            nn.Parameter(torch.full((len(self.slots),), config.alpha_init)) if config.structured else None
+        )
+        device = self.slots[0].base.device
+        # s = sigmoid(logit(u) + alpha) of the current sample, for every diffed entry (flat).
+        self.register_buffer("sample", torch.empty(self.diffed_params, device=device), persistent=False)
+        self.register_buffer("group_sample", torch.empty(len(self.slots), device=device), persistent=False)
+        self._sample_key: tuple | None = None
+
+    # -- noise -------------------------------------------------------------------------
+    def _draw(self, step: int, seed: int) -> None:
+        with torch.no_grad():
+            fill_uniform_(self.sample, seed, step)
+            for slot in self.slots:
+                logistic_s_(self.sample_view(slot), self.alpha[slot.index])
+            if self.group_alpha is not None:
+                g = torch.Generator(device=self.group_sample.device).manual_seed(seed * 7919 + step + 1)
+                self.group_sample.uniform_(generator=g)
+                logistic_s_(self.group_sample, self.group_alpha)
+        self._sample_key = (step, seed, self._alpha_version())
+
+    def _alpha_version(self) -> tuple:
+        # Parameters' in-place version counters change whenever the optimizer updates them.
+        versions = tuple(a._version for a in self.alpha)
+        return versions + ((self.group_alpha._version,) if self.group_alpha is not None else ())
+
+    def resample(self, step: int) -> None:
+        """Draw this optimizer step's gate noise (call once per step, before its forwards)."""
+        self._draw(step, self.config.mask_seed + 1)
+
+    def use_fixed_sample(self) -> None:
+        """Switch to the one fixed, seed-reproducible sample used for evaluation and export."""
+        key = (_FIXED_SAMPLE_STEP, self.config.mask_seed, self._alpha_version())
+        if self._sample_key != key:
+            self._draw(_FIXED_SAMPLE_STEP, self.config.mask_seed)
+
+    def sample_view(self, slot: Slot) -> torch.Tensor:
+        return self.sample[slot.offset: slot.offset + slot.numel].view(slot.shape)
+
+    def group_gate(self, index: int) -> torch.Tensor:
+        return stretch_(self.group_sample[index], self.config.left, self.config.right)
+
+    # -- effective weights -------------------------------------------------------------
+    def effective(self, slot: Slot) -> torch.Tensor:
+        if self._sample_key is None or not (self.training and torch.is_grad_enabled()):
+            if not self.training or self._sample_key is None:
+                self.use_fixed_sample()
+        if torch.is_grad_enabled():
+            return _GatedDiff.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, self, slot)
+        return self.rebuild(slot)
+
+    def rebuild(self, slot: Slot) -> torch.Tensor:
+        z = stretch_(self.sample_view(slot), self.config.left, self.config.right)
+        if self.group_alpha is not None:
+            z.mul_(self.group_gate(slot.index))
+        return torch.addcmul(slot.base, z, self.w[slot.index].detach())
+
+    # -- the penalty and the result ----------------------------------------------------
+    def expected_l0(self) -> torch.Tensor:
+        """Closed-form expected number of nonzero diff entries (structured: product form)."""
+        return ExpectedL0.apply(self.config.log_ratio, self.group_alpha, *self.alpha)
+
+    def penalty(self) -> torch.Tensor:
+        return self.config.l0_lambda * self.expected_l0()
+
+    @torch.no_grad()
+    def dense_diff(self) -> dict[str, torch.Tensor]:
+        """delta = z * w under the fixed sample, per diffed tensor (exact zeros where z = 0)."""
+        self.use_fixed_sample()
+        out = {}
+        for slot in self.slots:
+            z = stretch_(self.sample_view(slot), self.config.left, self.config.right)
+            if self.group_alpha is not None:
+                z.mul_(self.group_gate(slot.index))
+            out[slot.name] = (z * self.w[slot.index]).to(torch.float32)
+        return out
+
+    def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
+        groups = {"w": list(self.w), "alpha": list(self.alpha), "head": list(self.head_parameters().values())}
+        if self.group_alpha is not None:
+            groups["alpha"].append(self.group_alpha)
+        return groups

@@ -1,0 +1,181 @@
+"""L0-ball projection by magnitude pruning, and the fixed-mask finetuning phase.
+
+``project_(model, rate)`` keeps exactly round(rate/100 * d) entries of the diff — the
+largest |delta| over all diffed tensors together (d = number of diffed pretrained
+parameters; the task head is not in d) — and turns the model into its fixed-mask form: from
+then on only the kept positions' values (and the head) train. Its trainable state (values,
+their gradients, optimizer state) is O(nnz), not O(d).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffprune.config import DEFAULT_HEAD_PATTERN, check_rate
+from diffprune.methods import Method, adamw
+from diffprune.reparam import ReparametrizedModel, Slot
+
+
+def kept_count(rate: float, diffed_params: int) -> int:
+    """Number of diff entries kept at a sparsity rate in percent."""
+    return int(round(check_rate(rate) / 100.0 * diffed_params))
+
+
+def top_k_positions(dense: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+    """Flat positions of the round(rate% * d) largest |delta| entries, over all tensors at once.
+
+    Ties are broken by position (stable), so the selection is deterministic.
+    """
+    names = list(dense)
+    sizes = [dense[n].numel() for n in names]
+    total = sum(sizes)
+    k = kept_count(rate, total)
+    magnitudes = torch.cat([dense[n].detach().reshape(-1).abs().float() for n in names])
+    if k >= total:
+        chosen = torch.arange(total)
+    else:
+        chosen = torch.topk(magnitudes, k, sorted=False).indices
+    chosen, _ = torch.sort(chosen.cpu())
+    out, start = {}, 0
+    bounds = torch.tensor(sizes).cumsum(0)
+    owner = torch.bucketize(chosen, bounds, right=True)
+    for i, name in enumerate(names):
+        positions = chosen[owner == i] - start
+        out[name] = positions.to(torch.int64)
+        start += sizes[i]
+    return out
+
+
+class FixedMaskModel(ReparametrizedModel):
+    """theta_0 with trainable values at fixed positions: theta = theta_0 + scatter(positions, values)."""
+
+    def __init__(self, model: nn.Module, positions: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
+                 head_pattern: str = DEFAULT_HEAD_PATTERN) -> None:
+        super().__init__(model, head_pattern)
+        known = {alias: slot for slot in self.slots for alias in slot.aliases}
+        unknown = set(positions) - set(known)
+        if unknown:
+            raise ValueError(f"diff names not in this model: {sorted(unknown)[:5]}")
+        self.values = nn.ParameterList()
+        self._value_index: dict[int, int] = {}
+        for slot in self.slots:
+            name = next((a for a in slot.aliases if a in positions), None)
+            if name is None or positions[name].numel() == 0:
+                continue  # untouched tensor: the pretrained value is used as is
+            index = positions[name].to(device=slot.base.device, dtype=torch.int64).reshape(-1)
+            if index.numel() and (index.min() < 0 or index.max() >= slot.numel):
+                raise ValueError(f"positions out of range for {slot.name} ({slot.numel} entries)")
+            self.register_buffer(f"positions_{slot.index}", index)
+            self._value_index[slot.index] = len(self.values)
+            self.values.append(nn.Parameter(values[name].detach().to(device=slot.base.device, dtype=torch.float32).reshape(-1).clone()))
+
+    @classmethod
+    def from_dense(cls, model: nn.Module, dense: dict[str, torch.Tensor], rate: float,
+                   head_pattern: str = DEFAULT_HEAD_PATTERN) -> "FixedMaskModel":
+        positions = top_k_positions(dense, rate)
+        values = {n: dense[n].detach().reshape(-1)[p.to(dense[n].device)] for n, p in positions.items()}
+        return cls(model, positions, values, head_pattern)
+
+    def positions(self, slot: Slot) -> torch.Tensor | None:
+        return getattr(self, f"positions_{slot.index}", None) if slot.index in self._value_index else None
+
+    def slot_values(self, slot: Slot) -> nn.Parameter | None:
+        i = self._value_index.get(slot.index)
+        return None if i is None else self.values[i]
+
+    @property
+    def nonzeros(self) -> int:
+        return sum(v.numel() for v in self.values)
+
+    def effective(self, slot: Slot) -> torch.Tensor:
+        values = self.slot_values(slot)
+        if values is None:
+            return slot.base
+        flat = slot.base.reshape(-1).index_add(0, self.positions(slot), values.to(slot.base.dtype))
+        return flat.view(slot.shape)
+
+    def rebuild(self, slot: Slot) -> torch.Tensor:
+        values = self.slot_values(slot)
+        return slot.base.reshape(-1).index_add(0, self.positions(slot), values.detach().to(slot.base.dtype)).view(slot.shape)
+
+    def sparse_diff(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """{name: (flat positions, values)} for every tensor with kept entries."""
+        return {slot.name: (self.positions(slot), self.slot_values(slot).detach())
+                for slot in self.slots if slot.index in self._value_index}
+
+    def dense_diff(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for slot in self.slots:
+            delta = torch.zeros(slot.numel, dtype=torch.float32, device=slot.base.device)
+            values = self.slot_values(slot)
+            if values is not None:
+                delta[self.positions(slot)] = values.detach()
+            out[slot.name] = delta.view(slot.shape)
+        return out
+
+
+def project_(model: ReparametrizedModel, rate: float) -> FixedMaskModel:
+    """Project a diff-pruned model onto the L0 ball of radius round(rate% * d), in place.
+
+    The wrapped pretrained model is reused (never copied); the old wrapper's hooks and
+    trainable state are released and a ``FixedMaskModel`` over the same model is returned.
+    """
+    dense = model.dense_diff()
+    head_pattern = model.head_pattern
+    base = model.detach_hooks()
+    fixed = FixedMaskModel.from_dense(base, dense, rate, head_pattern)
+    fixed.train(model.training)
+    return fixed
+
+
+class FixedMaskFinetuning(Method):
+    """Fixed-mask finetuning of a projected diff: the second phase of (non-)adaptive diff pruning.
+
+    Built from a dense diff (the L0 phase's z*w, or theta_ft - theta_0 for the non-adaptive
+    baseline) and a rate; ``prepare`` projects and returns the module to train.
+    """
+
+    name = "fixed_mask"
+
+    def __init__(self, dense_diff: dict[str, torch.Tensor], rate: float, model_id: str = "", **options) -> None:
+        super().__init__(**options)
+        self.dense = dense_diff
+        self.rate = check_rate(rate)
+        self.model_id = model_id
+        self.nonzeros = 0
+        self.diffed_params = 0
+
+    def prepare(self, model: nn.Module, head_pattern: str) -> FixedMaskModel:
+        fixed = FixedMaskModel.from_dense(model, self.dense, self.rate, head_pattern)
+        self.dense = None  # the O(d) dense diff is no longer needed
+        self.nonzeros, self.diffed_params = fixed.nonzeros, fixed.diffed_params
+        for name, p in fixed.model.named_parameters():
+            p.requires_grad_(name in fixed.head_names)
+        return fixed
+
+    def parameter_groups(self, model: FixedMaskModel, training: dict) -> list[dict]:
+        head = list(model.head_parameters().values())
+        groups = [{"params": list(model.values), "weight_decay": 0.0}]
+        if head:
+            groups.append({"params": head, "weight_decay": float(training.get("weight_decay", 0.0))})
+        return groups
+
+    def new_parameter_count(self, model: FixedMaskModel) -> int:
+        return model.nonzeros + sum(p.numel() for p in model.head_parameters().values())
+
+    def export(self, model: FixedMaskModel, out_dir) -> dict[str, str]:
+        from pathlib import Path
+
+        from diffprune.storage import save_diff
+
+        save_diff(Path(out_dir) / "diff.safetensors", model, model_id=self.model_id, rate=self.rate)
+        return {"diff": "diff.safetensors"}
+
+    def stats(self, model: FixedMaskModel) -> dict:
+        from diffprune.stats import diff_stats
+
+        return diff_stats(model.dense_diff(), model.head_pattern, head_numel=sum(
+            p.numel() for p in model.head_parameters().values()))
+
+    def dense_diff(self, model: FixedMaskModel) -> dict[str, torch.Tensor]:
+        return model.dense_diff()
