@@ -15,6 +15,10 @@ METHODS: dict[str, str] = {
     "last_layer": "baselines.last_layer:LastLayer",
     "adapters": "baselines.adapters:HoulsbyAdapters",
     "nonadaptive_diff_pruning": "baselines.nonadaptive:NonAdaptiveDiffPruning",
+    "bitfit": "baselines.bitfit:BitFit",
+    "lora": "baselines.lora:LoRA",
+    "critical_layers": "baselines.critical_layers:CriticalLayers",
+    "sparsification": "baselines.sparsification:Sparsification",
 }
 
 

@@ -1,0 +1,112 @@
+"""Houlsby et al. (2019) bottleneck adapters, via AdapterHub's ``adapters`` library.
+
+Two adapters per transformer block (after the attention output and after the FFN output,
+AdapterHub's ``DoubleSeqBnConfig`` = "double_seq_bn"), each a down-projection to
+``bottleneck`` units, a nonlinearity and an up-projection with a residual connection.
+Houlsby also trains the layer normalisation parameters per task; so do we by default.
+The pretrained weights stay frozen.
+
+``adapters.init`` rewires the model in place (same class name, same ``forward`` signature,
+``model(**batch)`` with labels still returns the loss); the adapter named ``ADAPTER_NAME``
+is active in every forward pass after ``prepare``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from torch import nn
+
+from baselines.common import (check_learning_rate, check_positive_int, decay_groups,
+                              head_parameter_names, save_tensors, trainable_named_parameters)
+from diffprune.methods import Method
+
+ADAPTER_NAME = "task"
+
+
+def _reduction_factor(hidden_size: int, bottleneck: int) -> float:
+    """AdapterHub sizes the bottleneck as int(hidden // factor); find the factor giving ``bottleneck``."""
+    factor = hidden_size / bottleneck
+    # Floating-point division can land just above the exact quotient (e.g. 16 // (16/3) == 2.0);
+    # step down one ulp at a time until the library's formula gives the requested size.
+    for _ in range(4):
+        if int(hidden_size // factor) == bottleneck:
+            return factor
+        factor = math.nextafter(factor, 0.0)
+    raise ValueError(f"cannot express bottleneck {bottleneck} for hidden size {hidden_size}")
+
+
+class HoulsbyAdapters(Method):
+    name = "adapters"
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {
+            # Bottleneck width m: 2 * (2*m*h + m + h) new parameters per block (h = hidden
+            # size). Houlsby's BERT-large runs used m in {8, 64, 256}: 3.6% / 2.1% new params.
+            "bottleneck": 64,
+            # Houlsby trains the (pretrained) layer norms per task as well.
+            "train_layer_norms": True,
+            # Adapters train poorly at full finetuning's 2e-5; 1e-4 is AdapterHub's default and
+            # inside Houlsby's search range {3e-5 .. 3e-3}. Applies to adapters, layer norms and
+            # head. null = use the run's training learning rate.
+            "learning_rate": 1e-4,
+            # Nonlinearity inside the bottleneck (AdapterHub's Houlsby default: swish).
+            "non_linearity": "swish",
+        }
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        check_positive_int(self.name, "bottleneck", self.options["bottleneck"])
+        check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
+
+    def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
+        import adapters  # heavy; only loaded when this method is used
+
+        head = set(head_parameter_names(model, head_pattern))
+        hidden_size = model.config.hidden_size
+        bottleneck = self.options["bottleneck"]
+        config = adapters.DoubleSeqBnConfig(reduction_factor=_reduction_factor(hidden_size, bottleneck),
+                                            non_linearity=self.options["non_linearity"])
+        adapters.init(model)
+        model.add_adapter(ADAPTER_NAME, config=config)
+        # Freezes the whole model, unfreezes the adapter and activates it for every forward.
+        model.train_adapter(ADAPTER_NAME)
+        self.adapter_names = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in head)
+        if not self.adapter_names:
+            raise RuntimeError("adapters: add_adapter created no trainable adapter parameters")
+
+        layer_norms = set()
+        if self.options["train_layer_norms"]:
+            adapter_set = set(self.adapter_names)
+            for module_name, module in model.named_modules():
+                if isinstance(module, nn.LayerNorm):
+                    for param_name, _ in module.named_parameters(recurse=False):
+                        full = f"{module_name}.{param_name}" if module_name else param_name
+                        if full not in adapter_set and full not in head:
+                            layer_norms.add(full)
+        self.layer_norm_names = sorted(layer_norms)
+        self.head_names = sorted(head)
+        keep = set(self.adapter_names) | layer_norms | head
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in keep)
+        return model
+
+    def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
+        lr = check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
+        return decay_groups(trainable_named_parameters(model), float(training.get("weight_decay", 0.0)), lr)
+
+    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
+        # One file with everything a task needs on top of the shared base: adapter weights,
+        # the per-task layer norms and the head, under the adapter-initialised model's names.
+        params = dict(model.named_parameters())
+        names = self.adapter_names + self.layer_norm_names + self.head_names
+        file_name = save_tensors({n: params[n] for n in names}, out_dir, "adapter.safetensors",
+                                 method=self.name, options=self.options, adapter_name=ADAPTER_NAME,
+                                 adapter_config=model.adapters_config.get(ADAPTER_NAME))
+        config_name = "adapter_config.json"
+        (Path(out_dir) / config_name).write_text(json.dumps(
+            {"adapter_name": ADAPTER_NAME, "options": self.options,
+             "adapter_config": model.adapters_config.get(ADAPTER_NAME)}, indent=2, sort_keys=True, default=str))
+        return {"adapter": file_name, "config": config_name}

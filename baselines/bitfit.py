@@ -1,0 +1,35 @@
+"""BitFit (Ben Zaken et al., 2022): only the bias terms of the pretrained model (+ the head) train.
+
+"Bias terms" are all parameters named ``bias``, LayerNorm biases included, as in BitFit.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from baselines.common import SubsetFinetuning, check_learning_rate, decay_groups, trainable_named_parameters
+from diffprune.layers import layer_of
+
+
+class BitFit(SubsetFinetuning):
+    name = "bitfit"
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {
+            # Biases need far larger steps than full finetuning's 2e-5: the BitFit paper
+            # searched {1e-4, 4e-4, 7e-4, 1e-3}; we take the top of that grid because our
+            # budgets are short. null = use the run's training learning rate.
+            "learning_rate": 1e-3,
+        }
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
+
+    def select(self, model: nn.Module, head_pattern: str) -> set[str]:
+        return {n for n, _ in model.named_parameters()
+                if n.rsplit(".", 1)[-1] == "bias" and layer_of(n, head_pattern) != "head"}
+
+    def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
+        lr = check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
+        return decay_groups(trainable_named_parameters(model), float(training.get("weight_decay", 0.0)), lr)

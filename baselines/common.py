@@ -1,0 +1,130 @@
+"""Pieces the baselines share: picking the head, freezing, optimizer groups, safetensors export.
+
+Several baselines are "finetune a chosen subset of the pretrained parameters (+ the head),
+freeze the rest" (last layer, BitFit, critical layers); ``SubsetFinetuning`` implements that
+once so that they differ only in which parameters they select.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from diffprune.methods import Method
+
+
+def is_head(name: str, head_pattern: str) -> bool:
+    """A task-head parameter: new per task, always trained densely."""
+    return re.search(head_pattern, name) is not None
+
+
+def head_parameter_names(model: nn.Module, head_pattern: str) -> list[str]:
+    names = [n for n, _ in model.named_parameters() if is_head(n, head_pattern)]
+    if not names:
+        # Without a head the model cannot learn the task at all; a wrong regex must not
+        # silently produce a run that only trains (say) biases.
+        raise ValueError(f"no parameter matches the head pattern {head_pattern!r}")
+    return names
+
+
+def set_trainable(model: nn.Module, keep: Callable[[str], bool]) -> list[str]:
+    """requires_grad = keep(name) for every parameter; return the trainable names."""
+    trainable = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(keep(name))
+        if param.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def trainable_named_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 lr: float | None = None) -> list[dict]:
+    """AdamW groups in the BERT convention: weight decay on matrices, none on vectors.
+
+    ``lr`` set: the groups carry their own learning rate (methods whose new parameters
+    train at a different rate than finetuning, e.g. adapters or LoRA).
+    """
+    decay, no_decay = [], []
+    for _, param in named_params:
+        (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if lr is not None:
+        for group in groups:
+            group["lr"] = lr
+    return [g for g in groups if g["params"]]
+
+
+def cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous, non-aliasing CPU copies (what safetensors requires)."""
+    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], out_dir, file_name: str, **metadata) -> str:
+    """Write ``tensors`` to ``out_dir/file_name`` (safetensors); metadata values are JSON-encoded."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = {key: json.dumps(value, sort_keys=True, default=str) for key, value in metadata.items()}
+    save_file(cpu_copy(tensors), str(out_dir / file_name), metadata=header)
+    # safetensors creates its files owner-only (0600); results are shared like metrics.json.
+    os.chmod(out_dir / file_name, 0o644)
+    return file_name
+
+
+def check_positive_int(method: str, option: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"method {method!r}: option {option!r} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_learning_rate(method: str, option: str, value) -> float | None:
+    """None (use the run's training learning rate) or a positive number."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"method {method!r}: option {option!r} must be a number or null, got {value!r}") from None
+    if not value > 0:
+        raise ValueError(f"method {method!r}: option {option!r} must be > 0, got {value}")
+    return value
+
+
+class SubsetFinetuning(Method):
+    """Train a selected subset of the pretrained parameters plus the head; freeze the rest.
+
+    Subclasses implement ``select`` (which pretrained parameters train). The stored
+    per-task state is exactly the trained tensors, written as one safetensors file.
+    """
+
+    def select(self, model: nn.Module, head_pattern: str) -> set[str]:
+        """Names of the pretrained (non-head) parameters to finetune."""
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
+        head = set(head_parameter_names(model, head_pattern))
+        chosen = self.select(model, head_pattern)
+        if not chosen:
+            raise ValueError(f"method {self.name!r} selected no pretrained parameters to train")
+        self.trained_names = set_trainable(model, lambda n: n in chosen or n in head)
+        self.head_names = sorted(head)
+        return model
+
+    def selection_metadata(self) -> dict:
+        """Extra facts about the selection worth keeping beside the weights (e.g. chosen layers)."""
+        return {}
+
+    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
+        tensors = dict(trainable_named_parameters(model))
+        file_name = save_tensors(tensors, out_dir, f"{self.name}.safetensors", method=self.name,
+                                 options=self.options, head=self.head_names, **self.selection_metadata())
+        return {"params": file_name}

@@ -1,0 +1,193 @@
+"""Sparsification (Radiya-Dixit & Wang, "How fine can fine-tuning be?").
+
+A task model is the pretrained model with a learned set of entries of chosen layers set to
+zero; every other pretrained value is kept as is. Only the head trains densely. Per masked
+weight tensor a real-valued score per entry is learned; the forward pass zeroes the
+``zero_share`` of entries with the lowest scores (an exact top-k, so the share is always
+exactly met) and the scores receive the straight-through gradient
+``dL/dscore = dL/dW_eff * W`` (as in movement pruning): an entry whose removal would lower
+the loss sees its score pushed down.
+
+The mask is attached with ``torch.nn.utils.parametrize`` on the modules' ``weight``: the
+pretrained tensor stays where it is (as ``parametrizations.weight.original``, frozen) and no
+copy of the model is made. Per task only the zeroed positions (+ the head) are stored.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.utils import parametrize
+
+from baselines.common import (check_learning_rate, decay_groups, head_parameter_names, save_tensors,
+                              trainable_named_parameters)
+from diffprune.layers import layer_of, layer_order
+from diffprune.methods import Method
+
+
+def lowest_score_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Flat indices of the ``count`` lowest scores, ascending (the entries to zero)."""
+    if count == 0:
+        return torch.empty(0, dtype=torch.long, device=scores.device)
+    return torch.topk(scores.detach().flatten(), count, largest=False, sorted=False).indices.sort().values
+
+
+class _ZeroLowestScores(torch.autograd.Function):
+    """W * keep_mask(scores) forward; straight-through gradient W * grad for the scores.
+
+    A custom function (rather than ``mask + s - s.detach()``) keeps the kept entries
+    bit-identical to the pretrained values: no floating-point round trip through the scores.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, scores, zero_count):
+        keep = torch.ones(weight.numel(), dtype=weight.dtype, device=weight.device)
+        keep[lowest_score_positions(scores, zero_count)] = 0
+        keep = keep.view_as(weight)
+        ctx.save_for_backward(weight, keep)
+        return weight * keep
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, keep = ctx.saved_tensors
+        grad_weight = grad_output * keep if ctx.needs_input_grad[0] else None
+        grad_scores = grad_output * weight if ctx.needs_input_grad[1] else None
+        return grad_weight, grad_scores, None
+
+
+class ZeroingMask(nn.Module):
+    """Parametrization of one weight tensor: zero its ``zero_count`` lowest-scored entries."""
+
+    def __init__(self, weight: torch.Tensor, zero_count: int) -> None:
+        super().__init__()
+        magnitude = weight.detach().abs().float()
+        # Start from magnitude pruning (the smallest pretrained entries are the cheapest to
+        # zero), scaled to mean 1 so that one score learning rate suits every layer.
+        self.scores = nn.Parameter((magnitude / magnitude.mean().clamp_min(1e-12)).to(weight.dtype))
+        self.zero_count = zero_count
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return _ZeroLowestScores.apply(weight, self.scores, self.zero_count)
+
+    def zeroed_positions(self) -> torch.Tensor:
+        return lowest_score_positions(self.scores, self.zero_count)
+
+
+def _count_for_share(numel: int, share: float) -> int:
+    return int(math.floor(share * numel + 0.5))  # round half up, not Python's banker's rounding
+
+
+def apply_zeroed_positions(model: nn.Module, positions_file) -> int:
+    """Zero the stored positions in a plain (unparametrized) model in place; return how many."""
+    params = dict(model.named_parameters())
+    zeroed = 0
+    with torch.no_grad():
+        for name, positions in load_file(str(positions_file)).items():
+            if name not in params:
+                raise KeyError(f"{positions_file}: model has no parameter {name!r}")
+            params[name].view(-1)[positions.long().to(params[name].device)] = 0
+            zeroed += positions.numel()
+    return zeroed
+
+
+class Sparsification(Method):
+    name = "sparsification"
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {
+            # Fraction (not percent) of each masked tensor's entries set to zero, in (0, 1).
+            "zero_share": 0.01,
+            # Layer labels (diffprune.layers) whose >=2-D weights are masked; null = every
+            # transformer block (layer_0 .. layer_{L-1}), i.e. all their linear weights.
+            "layers": None,
+            # Adam rate of the mask scores (mean-1 scale): ~100 steps to move a score by one
+            # mean magnitude. The head trains at the run's training learning rate.
+            "score_learning_rate": 1e-2,
+        }
+
+    def __init__(self, **options) -> None:
+        super().__init__(**options)
+        share = self.options["zero_share"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            raise ValueError(f"sparsification: zero_share must be a fraction in (0, 1), got {share!r}")
+        layers = self.options["layers"]
+        if layers is not None and (isinstance(layers, str) or not layers or not all(isinstance(l, str) for l in layers)):
+            raise ValueError(f"sparsification: layers must be a non-empty list of layer labels, got {layers!r}")
+        if check_learning_rate(self.name, "score_learning_rate", self.options["score_learning_rate"]) is None:
+            raise ValueError("sparsification: score_learning_rate must be a positive number")
+
+    def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
+        head = set(head_parameter_names(model, head_pattern))
+        labels = {layer_of(n, head_pattern) for n, _ in model.named_parameters()}
+        selected = self.options["layers"]
+        if selected is None:
+            selected = [l for l in layer_order(labels) if l.startswith("layer_")]
+        unknown = sorted(set(selected) - (labels - {"head"}))
+        if unknown:
+            raise ValueError(f"sparsification: layers {unknown} not in the model; it has {layer_order(labels - {'head'})}")
+
+        targets = []  # (module, weight name in the plain model, the weight)
+        owners: dict[int, list[str]] = {}
+        for module_name, module in model.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                full = f"{module_name}.{param_name}" if module_name else param_name
+                owners.setdefault(id(param), []).append(full)
+                if (param_name == "weight" and param.ndim >= 2 and full not in head
+                        and layer_of(full, head_pattern) in selected):
+                    targets.append((module, full, param))
+        if not targets:
+            raise ValueError(f"sparsification: no >=2-D weights in layers {selected}")
+        for _, full, param in targets:
+            tensor_owners = owners[id(param)]
+            if len(tensor_owners) > 1:
+                # Masking one alias would silently leave the other (e.g. a tied output matrix) dense.
+                raise ValueError(f"sparsification: {full} is shared with {tensor_owners}; tied weights are unsupported")
+
+        for param in model.parameters():
+            param.requires_grad_(False)
+        self.masks: dict[str, ZeroingMask] = {}
+        share = float(self.options["zero_share"])
+        for module, full, _ in targets:
+            mask = ZeroingMask(module.weight, _count_for_share(module.weight.numel(), share))
+            parametrize.register_parametrization(module, "weight", mask)
+            self.masks[full] = mask
+        # Names are taken after parametrizing: the head is untouched, so its names are stable.
+        self.head_names = sorted(head)
+        params = dict(model.named_parameters())
+        for name in self.head_names:
+            params[name].requires_grad_(True)
+        return model
+
+    def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
+        score_ids = {id(mask.scores) for mask in self.masks.values()}
+        others = [(n, p) for n, p in trainable_named_parameters(model) if id(p) not in score_ids]
+        # No weight decay on the scores: it would drag them to zero, i.e. towards random ties.
+        groups = [{"params": [m.scores for m in self.masks.values()], "weight_decay": 0.0,
+                   "lr": float(self.options["score_learning_rate"])}]
+        return groups + decay_groups(others, float(training.get("weight_decay", 0.0)))
+
+    def zeroed_positions(self) -> dict[str, torch.Tensor]:
+        """Flat indices of the currently zeroed entries, per masked weight (plain-model names)."""
+        return {name: mask.zeroed_positions() for name, mask in self.masks.items()}
+
+    def new_parameter_count(self, model: nn.Module) -> int:
+        params = dict(model.named_parameters())
+        return sum(m.zero_count for m in self.masks.values()) + sum(params[n].numel() for n in self.head_names)
+
+    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
+        positions = {}
+        for name, index in self.zeroed_positions().items():
+            # int32 halves the bytes per task whenever the tensor is small enough to allow it.
+            dtype = torch.int32 if self.masks[name].scores.numel() < 2**31 else torch.int64
+            positions[name] = index.to(dtype)
+        shapes = {name: list(mask.scores.shape) for name, mask in self.masks.items()}
+        params = dict(model.named_parameters())
+        return {
+            "mask": save_tensors(positions, out_dir, "zeroed_positions.safetensors", method=self.name,
+                                 options=self.options, shapes=shapes),
+            "head": save_tensors({n: params[n] for n in self.head_names}, out_dir, "head.safetensors",
+                                 method=self.name),
+        }

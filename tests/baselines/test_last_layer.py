@@ -1,0 +1,41 @@
+import pytest
+from safetensors.torch import load_file
+
+from baselines.last_layer import LastLayer
+from diffprune.config import DEFAULT_HEAD_PATTERN
+
+
+def _names(model, *prefixes):
+    return {n for n, _ in model.named_parameters() if n.startswith(prefixes)}
+
+
+def test_trains_top_block_pooler_and_head(tiny_bert, tiny_batch, check_trains_exactly, counts):
+    method = LastLayer()
+    module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
+    declared = _names(module, "bert.encoder.layer.1.", "bert.pooler.", "classifier.")
+    check_trains_exactly(method, module, tiny_batch, declared)
+    assert method.new_parameter_count(module) == counts["block"] + counts["pooler"] + counts["head"] == 2530
+
+
+def test_without_pooler(tiny_bert, tiny_batch, check_trains_exactly):
+    method = LastLayer(include_pooler=False)
+    module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
+    check_trains_exactly(method, module, tiny_batch, _names(module, "bert.encoder.layer.1.", "classifier."))
+    assert method.new_parameter_count(module) == 2224 + 34
+
+
+def test_export_holds_the_trained_tensors(tiny_bert, tiny_batch, run_steps, tmp_path):
+    method = LastLayer()
+    module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
+    run_steps(method, module, tiny_batch)
+    files = method.export(module, tmp_path)
+    stored = load_file(str(tmp_path / files["params"]))
+    params = dict(module.named_parameters())
+    assert set(stored) == {n for n, p in params.items() if p.requires_grad}
+    assert all((stored[n] == params[n].detach()).all() for n in stored)
+    assert sum(t.numel() for t in stored.values()) == method.new_parameter_count(module)
+
+
+def test_head_pattern_matching_nothing_is_an_error(tiny_bert):
+    with pytest.raises(ValueError, match="head pattern"):
+        LastLayer().prepare(tiny_bert, r"no_such_head")

@@ -1,0 +1,159 @@
+"""The L0 phase on tiny models: gradients, tied weights, BatchNorm, determinism."""
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from diffprune.config import DiffPruningConfig
+from diffprune.diff import DiffPrunedModel
+
+
+def _reference_loss(dm, ref_model, batch, w_ref, a_ref, g_ref):
+    """Recompute the step's loss with plain autograd from the sample the model drew."""
+    c = dm.config
+    params = {}
+    for slot in dm.slots:
+        logistic = torch.logit(dm.sample_view(slot)) - dm.alpha[slot.index].detach()
+        z = torch.clamp(torch.sigmoid(logistic + a_ref[slot.index]) * (c.right - c.left) + c.left, 0, 1)
+        if g_ref is not None:
+            lg = torch.logit(dm.group_sample[slot.index]) - dm.group_alpha[slot.index].detach()
+            z = z * torch.clamp(torch.sigmoid(lg + g_ref[slot.index]) * (c.right - c.left) + c.left, 0, 1)
+        params[slot.name] = slot.base + z * w_ref[slot.index]
+    loss = functional_call(ref_model, params, kwargs=batch).loss
+    if g_ref is None:
+        penalty = sum(torch.sigmoid(a - c.log_ratio).sum() for a in a_ref)
+    else:
+        penalty = sum(torch.sigmoid(g_ref[i] - c.log_ratio) * torch.sigmoid(a - c.log_ratio).sum()
+                      for i, a in enumerate(a_ref))
+    return loss + c.l0_lambda * penalty
+
+
+def test_gradients_match_plain_autograd(tiny_bert, tiny_batch):
+    for structured in (False, True):
+        ref = type(tiny_bert)(tiny_bert.config)
+        ref.load_state_dict(tiny_bert.state_dict())
+        dm = DiffPrunedModel(tiny_bert, DiffPruningConfig(structured=structured, alpha_init=1.0))
+        with torch.no_grad():
+            for w in dm.w:
+                w.normal_(0, 0.1)
+        dm.train()
+        dm.resample(3)
+        (dm(**tiny_batch).loss + dm.penalty()).backward()
+        w_ref = [w.detach().clone().requires_grad_() for w in dm.w]
+        a_ref = [a.detach().clone().requires_grad_() for a in dm.alpha]
+        g_ref = dm.group_alpha.detach().clone().requires_grad_() if structured else None
+        _reference_loss(dm, ref.train(), tiny_batch, w_ref, a_ref, g_ref).backward()
+        for got, want in zip(list(dm.w) + list(dm.alpha), w_ref + a_ref):
+            assert torch.allclose(got.grad, want.grad, atol=1e-7)
+        if structured:
+            assert torch.allclose(dm.group_alpha.grad, g_ref.grad, atol=1e-7)
+        dm.detach_hooks()
+
+
+def test_head_is_trained_densely_and_not_diffed(tiny_bert):
+    dm = DiffPrunedModel(tiny_bert)
+    assert set(dm.head_names) == {"classifier.weight", "classifier.bias"}
+    assert all(not s.name.startswith("classifier") for s in dm.slots)
+    assert dm.diffed_params == sum(p.numel() for n, p in tiny_bert.named_parameters() if not n.startswith("classifier"))
+    assert all(p.requires_grad for p in dm.head_parameters().values())
+
+
+def test_w_init_zero_leaves_outputs_of_the_pretrained_model(tiny_bert, tiny_batch):
+    with torch.no_grad():
+        expected = tiny_bert(**tiny_batch).logits
+    dm = DiffPrunedModel(tiny_bert).eval()
+    with torch.no_grad():
+        assert torch.equal(dm(**tiny_batch).logits, expected)
+
+
+def test_tied_embeddings_get_one_shared_diff():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+    assert model.lm_head.weight is model.transformer.wte.weight
+    dm = DiffPrunedModel(model)
+    tied = [s for s in dm.slots if "transformer.wte.weight" in s.aliases]
+    assert len(tied) == 1 and "lm_head.weight" in tied[0].aliases
+    assert sum(p.numel() for p in dm.w) == sum(p.numel() for p in model.parameters())  # counted once
+    with torch.no_grad():
+        dm.w[tied[0].index].normal_(0, 0.5)
+    dm.eval()
+    ids = torch.randint(0, 50, (2, 6))
+    with torch.no_grad():
+        got = dm(input_ids=ids).logits
+        delta = dm.dense_diff()
+        merged = {name: p + delta[name] for name, p in model.named_parameters()}
+        want = functional_call(model, merged, kwargs={"input_ids": ids}, tie_weights=True).logits
+    assert torch.allclose(got, want, atol=1e-5)
+    # the diff reached both the input embedding and the output projection
+    embeds = dm.model.transformer.wte.weight
+    assert torch.equal(embeds, dm.slots[tied[0].index].base)
+
+
+class ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc_out = nn.Linear(4, 2)
+
+    def forward(self, x, labels=None):
+        h = torch.relu(self.bn(self.conv(x))).mean((2, 3))
+        logits = self.fc_out(h)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return type("Out", (), {"loss": loss, "logits": logits})()
+
+
+def test_batchnorm_buffers_untouched_and_convnet_trains():
+    torch.manual_seed(0)
+    net = ConvNet()
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    base = {k: v.clone() for k, v in net.named_parameters()}
+    dm = DiffPrunedModel(net).train()
+    assert not any("bn.running" in s.name for s in dm.slots)
+    opt = torch.optim.AdamW([p for p in dm.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))
+    for step in range(3):
+        dm.resample(step)
+        (dm(x, labels=y).loss + dm.penalty()).backward()
+        opt.step()
+        opt.zero_grad()
+    for k, v in net.named_buffers():
+        assert torch.equal(v, buffers[k]), k
+    for k, v in net.named_parameters():
+        if not k.startswith("fc_out"):
+            assert torch.equal(v, base[k]), k
+    assert any(torch.count_nonzero(w) for w in dm.w)
+
+
+def test_same_seed_same_mask_and_numbers(tiny_bert, tiny_batch):
+    def run():
+        torch.manual_seed(0)
+        model = type(tiny_bert)(tiny_bert.config)
+        model.load_state_dict(tiny_bert.state_dict())
+        dm = DiffPrunedModel(model, DiffPruningConfig(mask_seed=5)).train()
+        opt = torch.optim.AdamW([p for p in dm.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(3):
+            dm.resample(step)
+            (dm(**tiny_batch).loss + dm.penalty()).backward()
+            opt.step()
+            opt.zero_grad()
+        dm.eval()
+        with torch.no_grad():
+            return dm(**tiny_batch).logits, dm.dense_diff()
+
+    (logits_a, diff_a), (logits_b, diff_b) = run(), run()
+    assert torch.equal(logits_a, logits_b)
+    assert all(torch.equal(diff_a[k], diff_b[k]) for k in diff_a)
+    assert all(torch.equal((diff_a[k] != 0), (diff_b[k] != 0)) for k in diff_a)
+
+
+def test_gradient_accumulation_sees_one_mask_per_step(tiny_bert, tiny_batch):
+    dm = DiffPrunedModel(tiny_bert, DiffPruningConfig(alpha_init=0.5)).train()
+    dm.resample(0)
+    first = dm.sample.clone()
+    dm(**tiny_batch).loss.backward()
+    dm(**tiny_batch).loss.backward()
+    assert torch.equal(dm.sample, first)
+    dm.resample(1)
+    assert not torch.equal(dm.sample, first)

@@ -1,0 +1,76 @@
+"""Hard-Concrete maths against values worked out by hand."""
+import math
+
+import torch
+
+from diffprune.config import DiffPruningConfig
+from diffprune.gates import (ExpectedL0, expected_l0, expected_l0_structured, fill_uniform_, gate_slope,
+                             hard_concrete, logistic_s_, stretch_)
+
+
+def sig(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_expected_l0_unstructured_by_hand():
+    # l = -1.5, r = 1.5 -> log(-l/r) = 0, so E[L0] = sum sigmoid(alpha)
+    alpha = torch.tensor([0.0, 5.0, -2.0])
+    assert math.isclose(expected_l0(alpha, -1.5, 1.5).item(), 0.5 + sig(5) + sig(-2), rel_tol=1e-6)
+    # l = -0.1, r = 1.1 -> shift log(0.1/1.1)
+    shift = math.log(0.1 / 1.1)
+    assert math.isclose(expected_l0(torch.tensor([1.0]), -0.1, 1.1).item(), sig(1 - shift), rel_tol=1e-6)
+
+
+def test_expected_l0_structured_is_the_product_form():
+    a1, a2 = torch.tensor([0.0, 1.0]), torch.tensor([2.0])
+    groups = torch.tensor([0.0, -1.0])
+    by_hand = sig(0) * (sig(0) + sig(1)) + sig(-1) * sig(2)
+    assert math.isclose(expected_l0_structured([a1, a2], groups, -1.5, 1.5).item(), by_hand, rel_tol=1e-6)
+
+
+def test_memory_light_penalty_matches_reference_and_its_gradient():
+    torch.manual_seed(0)
+    alphas = [torch.randn(5, requires_grad=True), torch.randn(3, requires_grad=True)]
+    groups = torch.randn(2, requires_grad=True)
+    c = DiffPruningConfig().log_ratio
+    fast = ExpectedL0.apply(c, groups, *alphas)
+    fast.backward()
+    fast_grads = [a.grad.clone() for a in alphas] + [groups.grad.clone()]
+    for t in alphas + [groups]:
+        t.grad = None
+    ref = expected_l0_structured(alphas, groups, -1.5, 1.5)
+    ref.backward()
+    assert torch.allclose(fast, ref)
+    for got, want in zip(fast_grads, [a.grad for a in alphas] + [groups.grad]):
+        assert torch.allclose(got, want, atol=1e-7)
+
+
+def test_gate_stretch_clamp_and_slope():
+    # s = 0.5 -> z_bar = 0 (clamped boundary), s = 0.75 -> 0.75 * 3 - 1.5 = 0.75, s = 0.9 -> 1.2 -> 1
+    s = torch.tensor([0.5, 0.75, 0.9])
+    assert torch.allclose(stretch_(s, -1.5, 1.5), torch.tensor([0.0, 0.75, 1.0]))
+    slope = gate_slope(s, -1.5, 1.5)
+    assert slope[0] == 0 and slope[2] == 0
+    assert math.isclose(slope[1].item(), 3 * 0.75 * 0.25, rel_tol=1e-6)
+
+
+def test_in_place_sampling_matches_the_formula():
+    u = torch.tensor([0.2, 0.5, 0.9])
+    alpha = torch.tensor([0.0, 1.0, -1.0])
+    s = logistic_s_(u.clone(), alpha)
+    z = stretch_(s, -1.5, 1.5)
+    assert torch.allclose(z, hard_concrete(alpha, u, -1.5, 1.5))
+
+
+def test_noise_depends_only_on_seed_and_step_not_on_threads():
+    a = fill_uniform_(torch.empty(300_000), seed=3, step=7)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        b = fill_uniform_(torch.empty(300_000), seed=3, step=7)
+    finally:
+        torch.set_num_threads(before)
+    c = fill_uniform_(torch.empty(300_000), seed=3, step=8)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert 0 < a.min() and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.01

@@ -1,0 +1,79 @@
+"""project_: exact nonzero count, global top-k, O(nnz) fixed-mask training."""
+import pytest
+import torch
+
+from diffprune.config import DiffPruningConfig
+from diffprune.diff import DiffPrunedModel
+from diffprune.projection import FixedMaskFinetuning, FixedMaskModel, kept_count, project_, top_k_positions
+
+
+def test_kept_count_and_rate_checks():
+    assert kept_count(0.5, 1000) == 5
+    assert kept_count(100, 7) == 7
+    assert kept_count(0.25, 1001) == round(0.0025 * 1001)
+    for bad in (0, -1, 100.5, 150):
+        with pytest.raises(ValueError, match=r"\(0, 100\]"):
+            kept_count(bad, 10)
+
+
+def test_global_top_k_across_tensors():
+    dense = {"a": torch.tensor([[0.1, -5.0], [0.0, 0.2]]), "b": torch.tensor([3.0, -0.3, 0.05])}
+    positions = top_k_positions(dense, rate=3 / 7 * 100)  # keep 3 of 7
+    assert positions["a"].tolist() == [1] and positions["b"].tolist() == [0, 1]
+
+
+def test_project_keeps_exactly_round_rate_times_d(tiny_bert, tiny_batch):
+    dm = DiffPrunedModel(tiny_bert, DiffPruningConfig(alpha_init=5.0))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for w in dm.w:
+            w.normal_()
+    d = dm.diffed_params
+    for rate in (0.5, 1.0, 10.0):
+        model = DiffPrunedModel(type(tiny_bert)(tiny_bert.config))
+        with torch.no_grad():
+            for src, dst in zip(dm.w, model.w):
+                dst.copy_(src)
+        fixed = project_(model, rate)
+        assert fixed.nonzeros == round(rate / 100 * d)
+        assert fixed.diffed_params == d
+        dense = fixed.dense_diff()
+        assert sum(int(torch.count_nonzero(v)) for v in dense.values()) == round(rate / 100 * d)
+
+
+def test_fixed_mask_trains_only_kept_values_and_head(tiny_bert, tiny_batch):
+    base = {k: v.clone() for k, v in tiny_bert.state_dict().items()}
+    dense = {n: torch.randn_like(p) for n, p in tiny_bert.named_parameters() if not n.startswith("classifier")}
+    method = FixedMaskFinetuning(dense, rate=2.0)
+    fixed = method.prepare(tiny_bert, DiffPruningConfig().head_pattern).train()
+    trainable = [p for p in fixed.parameters() if p.requires_grad]
+    # O(nnz) trainable state: values + head only
+    head = sum(p.numel() for p in fixed.head_parameters().values())
+    assert sum(p.numel() for p in trainable) == fixed.nonzeros + head
+    assert method.new_parameter_count(fixed) == fixed.nonzeros + head
+    before = {k: v.clone() for k, v in fixed.dense_diff().items()}
+    optimizer = method.make_optimizer(fixed, {"learning_rate": 1e-2})
+    fixed(**tiny_batch).loss.backward()
+    optimizer.step()
+    after = fixed.dense_diff()
+    for name in before:
+        changed = before[name] != after[name]
+        kept = before[name] != 0
+        assert not (changed & ~kept).any(), f"{name}: a position outside the mask moved"
+    assert any((before[n] != after[n]).any() for n in before)
+    for k, v in tiny_bert.state_dict().items():  # the shared base is never written
+        if not k.startswith("classifier"):
+            assert torch.equal(v, base[k]), k
+
+
+def test_fixed_mask_forward_equals_merged_weights(tiny_bert, tiny_batch):
+    from torch.func import functional_call
+
+    dense = {n: torch.randn_like(p) * 0.1 for n, p in tiny_bert.named_parameters() if not n.startswith("classifier")}
+    fixed = FixedMaskModel.from_dense(tiny_bert, dense, rate=5.0).eval()
+    with torch.no_grad():
+        got = fixed(**tiny_batch).logits
+        delta = fixed.dense_diff()
+        merged = {n: p + delta[n] if n in delta else p for n, p in tiny_bert.named_parameters()}
+        want = functional_call(tiny_bert, merged, kwargs=tiny_batch).logits
+    assert torch.allclose(got, want, atol=1e-6)
