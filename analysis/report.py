@@ -1,0 +1,162 @@
+"""Run the table and figure builders into a folder (with an ``index.json`` of what was
+written and what was skipped, and why), and write ``results/<name>/README.md`` that shows it
+all."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.output import write_json, write_text
+from analysis.runset import AnalysisError, load_layers, load_summary
+
+log = logging.getLogger(__name__)
+
+INDEX = "index.json"
+
+
+def _run_builders(jobs, out_dir: Path) -> dict:
+    """Write every output it can; skipped outputs are listed with their reason, failures with
+    their error. The caller turns failures into a non-zero exit."""
+    from analysis.tables import Skipped
+
+    index = {"written": [], "skipped": [], "errors": []}
+    for build, args in jobs:
+        name = build.__name__
+        try:
+            item = build(*args)
+        except Skipped as reason:
+            log.warning("skipped %s: %s", name, reason)
+            index["skipped"].append({"builder": name, "reason": str(reason)})
+            continue
+        except AnalysisError as error:
+            log.error("%s failed: %s", name, error)
+            index["errors"].append({"builder": name, "error": str(error)})
+            continue
+        item.write(out_dir)
+        entry = {"name": item.name, "title": item.title, "caption": item.caption, "files": item.files()}
+        if getattr(item, "notes", None):
+            entry["notes"] = list(item.notes)
+        index["written"].append(entry)
+        log.info("wrote %s", ", ".join(str(out_dir / f) for f in item.files()))
+    write_json(out_dir / INDEX, index)
+    return index
+
+
+def _raise_on_errors(index: dict, what: str) -> None:
+    if index["errors"]:
+        raise AnalysisError(f"{len(index['errors'])} {what} could not be made: "
+                            + "; ".join(f"{e['builder']}: {e['error']}" for e in index["errors"]))
+
+
+def make_tables(summary_path, layers_path, out_dir) -> dict:
+    from analysis.tables import TABLE_BUILDERS
+
+    summary = load_summary(summary_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index = _run_builders([(build, (summary,)) for build in TABLE_BUILDERS], out_dir)
+    _raise_on_errors(index, "table(s)")
+    return index
+
+
+def make_figures(summary_path, layers_path, out_dir) -> dict:
+    from analysis.figures import LAYER_FIGURES, SUMMARY_FIGURES
+
+    summary = load_summary(summary_path)
+    layers = load_layers(layers_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [(build, (summary,)) for build in SUMMARY_FIGURES] + [(build, (summary, layers)) for build in LAYER_FIGURES]
+    index = _run_builders(jobs, out_dir)
+    _raise_on_errors(index, "figure(s)")
+    return index
+
+
+# ----------------------------------------------------------------------------- README
+
+def _read_index(folder: Path) -> dict:
+    path = folder / INDEX
+    if not path.is_file():
+        return {"written": [], "skipped": [], "errors": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _config_name(summary: pd.DataFrame, results_dir: Path) -> str:
+    if "config.name" in summary.columns and summary["config.name"].notna().any():
+        return str(summary["config.name"].dropna().iloc[0])
+    return results_dir.name
+
+
+def data_notes(summary: pd.DataFrame) -> list[str]:
+    """Per task: the runner's dataset note (e.g. "SQuAD v1.1 dev, article split") and any
+    training subsample (train_examples < train_examples_total)."""
+    notes = []
+    for task, runs in summary.groupby("task", sort=True):
+        for note in sorted({str(n).strip() for n in runs.get("dataset_note", pd.Series(dtype=object)).dropna()} - {""}):
+            notes.append(f"{task}: {note}")
+        # Only when the runner's own note does not already say so.
+        said = any("subsampl" in n.lower() for n in notes if n.startswith(f"{task}: "))
+        if not said and {"train_examples", "train_examples_total"} <= set(runs.columns):
+            used = pd.to_numeric(runs["train_examples"], errors="coerce")
+            total = pd.to_numeric(runs["train_examples_total"], errors="coerce")
+            sub = runs[used < total]
+            if not sub.empty:
+                notes.append(f"{task}: trained on a subsample, {int(used[sub.index].min())}"
+                             f"{'' if used[sub.index].nunique() == 1 else '-' + str(int(used[sub.index].max()))}"
+                             f" of {int(total[sub.index].max())} training examples")
+        if "dev_examples" in runs.columns and runs["dev_examples"].notna().any():
+            sizes = sorted({int(n) for n in pd.to_numeric(runs["dev_examples"], errors="coerce").dropna()})
+            notes.append(f"{task}: evaluated on {', '.join(map(str, sizes))} dev examples")
+    return notes
+
+
+def _run_set_lines(summary: pd.DataFrame) -> list[str]:
+    def values(column):
+        return ", ".join(sorted({str(v) for v in summary[column].dropna()})) if column in summary.columns else "n/a"
+    rates = sorted(set(pd.to_numeric(summary["rate"], errors="coerce").dropna()))
+    return [f"- runs: {len(summary)} ({(summary['phase'] == 'prune').sum()} prune-phase)",
+            f"- tasks: {values('task')}",
+            f"- method keys: {values('method_key')}",
+            f"- target rates (%): {', '.join(f'{r:g}' for r in rates) or 'none'}",
+            f"- seeds: {values('seed')}",
+            f"- model: {values('model_id')}",
+            f"- device: {values('device')}"]
+
+
+def write_readme(results_dir) -> Path:
+    results_dir = Path(results_dir)
+    summary = load_summary(results_dir / "summary.csv")
+    name = _config_name(summary, results_dir)
+    lines = [f"# diffprune results: `{name}`", "",
+             "Generated by `python -m analysis readme` from `summary.csv` (one row per run) and "
+             "`layers.csv`; do not edit by hand. Scores are dev-set percentages of the configured "
+             "model unless a row says `paper`; the paper's numbers are BERT-large.", "",
+             "## Run set", "", *_run_set_lines(summary), ""]
+    notes = data_notes(summary)
+    lines += ["## Data notes", ""] + ([f"- {n}" for n in notes] or ["- none recorded"]) + [""]
+
+    skipped = []
+    for folder_name, heading in (("tables", "Tables"), ("figures", "Figures")):
+        folder = results_dir / folder_name
+        index = _read_index(folder)
+        lines += [f"## {heading}", ""]
+        if not index["written"]:
+            lines += [f"No {folder_name} (run `python -m analysis {folder_name}`).", ""]
+        for entry in index["written"]:
+            links = " · ".join(f"[{f.rsplit('.', 1)[1]}]({folder_name}/{f})" for f in entry["files"])
+            lines += [f"### {entry['title']}", ""]
+            if folder_name == "tables":
+                markdown = folder / f"{entry['name']}.md"
+                lines += [markdown.read_text(encoding="utf-8").rstrip() if markdown.is_file() else entry["caption"], ""]
+            else:
+                lines += [f"![{entry['title']}]({folder_name}/{entry['name']}.png)", "", entry["caption"], ""]
+                lines += [f"- {n}" for n in entry.get("notes", [])] + ([""] if entry.get("notes") else [])
+            lines += [f"Files: {links}", ""]
+        skipped += [f"- {folder_name}: `{s['builder']}` skipped: {s['reason']}" for s in index["skipped"]]
+        skipped += [f"- {folder_name}: `{e['builder']}` FAILED: {e['error']}" for e in index["errors"]]
+    if skipped:
+        lines += ["## Not shown", "", *skipped, ""]
+    return write_text(results_dir / "README.md", "\n".join(lines))
