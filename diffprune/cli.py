@@ -1,0 +1,80 @@
+"""``python -m diffprune <verb>`` (also installed as the ``diffprune`` command).
+
+Verbs (docs/ARCHITECTURE.md, "Runner CLI"):
+  train     --config CFG --task T --method-key K --seed S --out DIR [--set key=value ...]
+  prune     --config CFG --task T --method-key K --seed S --rate R --from SRC_DIR --out DIR [--set ...]
+  evaluate  --diff FILE --config CFG --task T --out FILE.json [--model-key M] [--set ...]
+
+Mistakes in the arguments or the config (unknown task / method key, a rate outside
+(0, 100], a missing data folder or source run) are reported in one line with exit code 2
+before any model loads. Failures while running keep their traceback (exit code 1).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from diffprune import runner, settings
+
+USAGE_ERROR = 2
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="YAML run configuration (config/*.yaml)")
+    parser.add_argument("--task", required=True, help="task name: " + " ".join(settings.TASK_NAMES))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting (highest priority; value parsed as YAML); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m diffprune", description="Diff pruning benchmark runner.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,prune,evaluate}")
+
+    train = verbs.add_parser("train", help="train one method entry of the config on one task and seed")
+    _add_common(train)
+    train.add_argument("--method-key", required=True, help="key under `methods:` in the config")
+    train.add_argument("--seed", required=True, type=int)
+    train.add_argument("--out", required=True, help="run directory to create")
+
+    prune = verbs.add_parser("prune", help="project a dense diff to a rate and finetune with the mask fixed")
+    _add_common(prune)
+    prune.add_argument("--method-key", required=True, help="key of a projected method under `methods:`")
+    prune.add_argument("--seed", required=True, type=int)
+    prune.add_argument("--rate", required=True, type=float, help="percent of diffed parameters kept, in (0, 100]")
+    prune.add_argument("--from", dest="source", required=True, help="the finished train run holding dense_diff.safetensors")
+    prune.add_argument("--out", required=True, help="run directory to create")
+
+    evaluate = verbs.add_parser("evaluate", help="evaluate a stored sparse diff applied to the shared base model")
+    _add_common(evaluate)
+    evaluate.add_argument("--diff", required=True, help="diff.safetensors written by a prune run")
+    evaluate.add_argument("--model-key", default=None, help="model under `models:` (default: the config's `model`)")
+    evaluate.add_argument("--out", required=True, help="JSON file to write")
+    return parser
+
+
+def make_plan(args: argparse.Namespace):
+    overrides = settings.parse_overrides(args.overrides)
+    if args.verb == "train":
+        return runner.plan_train(args.config, args.task, args.method_key, args.seed, args.out, overrides)
+    if args.verb == "prune":
+        return runner.plan_prune(args.config, args.task, args.method_key, args.seed, args.rate,
+                                 args.source, args.out, overrides)
+    return runner.plan_evaluate(args.diff, args.config, args.task, args.out, args.model_key, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = make_plan(args)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        print(f"diffprune {args.verb}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    if args.verb == "evaluate":
+        runner.execute_evaluate(plan)
+    else:
+        runner.execute(plan)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The training / evaluation runner (diffprune/runner.py), run in-process on a tiny RTE fixture.
+
+The model is the tiny random BERT (models.py, source ``tiny-random``) and the data a
+24-example RTE-format TSV written into tmp: a whole run takes a second or two on a CPU.
+"""
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffprune import runner
+from diffprune.atomic import publish_dir, write_json
+from diffprune.storage import BaseModelMismatch
+
+WORDS = "the a cat dog sat on mat big small red blue house tree runs walks near far".split()
+
+# Every field docs/ARCHITECTURE.md promises in metrics.json.
+METRICS_FIELDS = {
+    "task", "method_key", "method", "phase", "rate", "seed", "model_id", "base_fingerprint", "metrics",
+    "primary_metric", "scores", "before_finetune", "source_scores", "majority_scores", "new_params",
+    "new_params_pct", "pretrained_params", "diffed_params", "nonzeros", "bytes_per_task", "train_seconds",
+    "seconds_per_step", "peak_memory_bytes", "steps", "epochs", "train_examples", "train_examples_total",
+    "dev_examples", "dataset_note", "device", "config", "versions",
+}
+
+
+def write_rte(glue_dir, train: int = 16, dev: int = 8, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    folder = glue_dir / "RTE"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("dev", dev)):
+        rows = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(count):
+            first = " ".join(rng.choice(WORDS) for _ in range(6))
+            second = " ".join(rng.choice(WORDS) for _ in range(4))
+            rows.append(f"{i}\t{first}\t{second}\t{rng.choice(['entailment', 'not_entailment'])}")
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+
+
+def write_config(tmp_path, extra_training: str = "") -> str:
+    write_rte(tmp_path / "glue")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(f"""
+        model: tiny-random
+        models:
+          other_base: {{source: tiny-random, seed: 1}}
+        tasks: [rte]
+        rates: [10]
+        training: {{batch_size: 4, epochs: 2, learning_rate: 1e-3, max_seq_length: 32, fixed_mask_epochs: 1{extra_training}}}
+        data: {{glue_dir: {tmp_path / 'glue'}}}
+        methods:
+          full_finetuning:
+          nonadaptive: {{method: nonadaptive_diff_pruning}}
+          structured: {{method: diff_pruning, structured: true}}
+    """))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("DIFFPRUNE_NO_PROGRESS", "1")
+    monkeypatch.delenv(runner.CRASH_HOOK_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted full-finetuning run (seed 0) that several tests compare against."""
+    tmp = tmp_path_factory.mktemp("reference")
+    config = write_config(tmp)
+    out = tmp / "runs" / "ff" / "seed0"
+    metrics = runner.execute(runner.plan_train(config, "rte", "full_finetuning", 0, out))
+    return {"config": config, "out": out, "metrics": metrics, "tmp": tmp}
+
+
+def tensors(path):
+    return load_file(str(path))
+
+
+def assert_same_tensors(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_train_writes_a_complete_run(reference):
+    out, metrics = reference["out"], reference["metrics"]
+    # the dense diff is written because a projected entry (nonadaptive) reuses this key's runs
+    assert {"dense_diff.safetensors", "metrics.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert runner.CHECKPOINT_NAME not in {p.name for p in out.iterdir()}
+    assert not out.with_name(out.name + ".tmp").exists()
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == metrics
+    assert METRICS_FIELDS <= set(on_disk)
+    assert on_disk["phase"] == "train" and on_disk["rate"] is None and on_disk["method"] == "full_finetuning"
+    assert on_disk["steps"] == 2 * 4 and on_disk["epochs"] == 2      # 16 examples / batch 4, 2 epochs
+    assert on_disk["train_examples"] == 16 and on_disk["dev_examples"] == 8
+    assert on_disk["primary_metric"] == "accuracy" and set(on_disk["scores"]) == {"rte"}
+    assert on_disk["base_fingerprint"].startswith("sha256:")
+    assert on_disk["bytes_per_task"] == (out / "model.safetensors").stat().st_size
+    assert on_disk["new_params"] > on_disk["pretrained_params"] > 0  # full finetuning: body + head
+    assert on_disk["config"]["training"]["learning_rate"] == 1e-3
+    assert on_disk["versions"]["torch"] and on_disk["device"] == "cpu" and on_disk["peak_memory_bytes"] > 0
+    assert on_disk["seconds_per_step"] == pytest.approx(on_disk["train_seconds"] / on_disk["steps"])
+
+
+def test_same_seed_gives_identical_results(reference, tmp_path):
+    again = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "again"))
+    for key in ("metrics", "scores", "majority_scores", "new_params", "steps", "base_fingerprint"):
+        assert again[key] == reference["metrics"][key]
+    assert_same_tensors(tensors(tmp_path / "again" / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
+    other_seed = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 1, tmp_path / "seed1"))
+    assert other_seed["base_fingerprint"] == reference["metrics"]["base_fingerprint"]  # same base, other head/order
+    assert not torch.equal(tensors(tmp_path / "seed1" / "model.safetensors")["classifier.weight"],
+                           tensors(reference["out"] / "model.safetensors")["classifier.weight"])
+
+
+def test_finished_run_is_skipped(reference, capsys):
+    before = (reference["out"] / "metrics.json").stat().st_mtime_ns
+    assert runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, reference["out"])) is None
+    assert "skipping" in capsys.readouterr().err
+    assert (reference["out"] / "metrics.json").stat().st_mtime_ns == before
+
+
+def test_crashed_run_resumes_to_the_uninterrupted_result(reference, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    overrides = {"checkpoint_every_steps": 2}
+    monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")  # crash in epoch 2, one step after a checkpoint
+    with pytest.raises(runner.SimulatedCrash):
+        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+    checkpoint = torch.load(out.with_name("resumed.tmp") / runner.CHECKPOINT_NAME, weights_only=False)
+    assert (checkpoint["step"], checkpoint["epoch"], checkpoint["groups_done"]) == (4, 1, 0)
+    assert not out.exists()
+
+    monkeypatch.delenv(runner.CRASH_HOOK_ENV)
+    metrics = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+    assert metrics["steps"] == 8 and not out.with_name("resumed.tmp").exists()
+    assert not (out / runner.CHECKPOINT_NAME).exists()
+    # dropout noise, data order and optimizer state all continue exactly where they stopped
+    assert_same_tensors(tensors(out / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
+    assert metrics["metrics"] == reference["metrics"]["metrics"]
+
+
+def test_checkpoint_of_another_configuration_is_refused(reference, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv(runner.CRASH_HOOK_ENV, "2")
+    with pytest.raises(runner.SimulatedCrash):
+        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, {"checkpoint_every_steps": 2}))
+    monkeypatch.delenv(runner.CRASH_HOOK_ENV)
+    with pytest.raises(ValueError, match="different run configuration"):
+        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out,
+                                         {"checkpoint_every_steps": 2, "learning_rate": 0.5}))
+
+
+def test_gradient_accumulation_and_max_steps(reference, tmp_path):
+    plan = runner.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "acc",
+                             {"batch_size": 3, "gradient_accumulation_steps": 2, "max_steps": 5, "epochs": 3})
+    plan.write_dense_diff = False
+    metrics = runner.execute(plan)
+    # 16 examples / batch 3 = 6 micro-batches = 3 optimizer steps per epoch; capped at 5 steps
+    assert metrics["steps"] == 5 and metrics["epochs"] == 2
+
+
+def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
+    out = tmp_path / "nonadaptive" / "rate10.0" / "seed0"
+    metrics = runner.execute(runner.plan_prune(reference["config"], "rte", "nonadaptive", 0, 10, reference["out"], out))
+    assert sorted(p.name for p in out.iterdir()) == ["diff.safetensors", "metrics.json", "stats.json"]
+    assert METRICS_FIELDS <= set(metrics)
+    assert metrics["phase"] == "prune" and metrics["rate"] == 10.0 and metrics["method"] == "nonadaptive_diff_pruning"
+    assert metrics["source_scores"] == reference["metrics"]["scores"]
+    assert set(metrics["before_finetune"]) == {"metrics", "scores"}
+    assert metrics["nonzeros"] == round(0.10 * metrics["diffed_params"])
+    assert metrics["diffed_params"] == metrics["pretrained_params"]
+    assert metrics["bytes_per_task"] == (out / "diff.safetensors").stat().st_size
+    assert metrics["epochs"] == 1 and metrics["steps"] == 4            # fixed_mask_epochs: 1
+    assert metrics["config"]["training"]["learning_rate"] == 5e-5      # fixed_mask_learning_rate
+    stats = json.loads((out / "stats.json").read_text())
+    assert "per_layer" in stats
+
+    # the stored diff, applied to the shared base, reproduces the prune run's evaluation
+    result_path = tmp_path / "eval.json"
+    result = runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", reference["config"], "rte", result_path))
+    assert result["metrics"] == metrics["metrics"] and json.loads(result_path.read_text()) == result
+
+    with pytest.raises(BaseModelMismatch):
+        runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", reference["config"], "rte",
+                                                     tmp_path / "other.json", model_key="other_base"))
+    assert not (tmp_path / "other.json").exists()
+
+
+def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path):
+    """The paper's method: the L0 run hands its own dense diff to its prune runs."""
+    source = tmp_path / "structured" / "seed0"
+    l0 = runner.execute(runner.plan_train(reference["config"], "rte", "structured", 0, source, {"max_steps": 3}))
+    assert l0["method"] == "diff_pruning" and l0["steps"] == 3
+    assert (source / runner.DENSE_DIFF_NAME).is_file() and (source / "stats.json").is_file()
+    assert l0["diffed_params"] == reference["metrics"]["pretrained_params"] and l0["nonzeros"] > 0
+    out = tmp_path / "structured" / "rate10.0" / "seed0"
+    pruned = runner.execute(runner.plan_prune(reference["config"], "rte", "structured", 0, 10, source, out,
+                                              {"max_steps": 2}))
+    assert pruned["source_scores"] == l0["scores"] and pruned["steps"] == 2
+    assert pruned["nonzeros"] <= round(0.10 * pruned["diffed_params"])
+    assert (out / "diff.safetensors").is_file()
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c, t: runner.plan_train(c, "wnli", "full_finetuning", 0, t / "o"), "unknown task 'wnli'"),
+    (lambda c, t: runner.plan_train(c, "rte", "adapters_64", 0, t / "o"), "unknown method key 'adapters_64'"),
+    (lambda c, t: runner.plan_train(c, "rte", "nonadaptive", 0, t / "o"), "no train phase of its own"),
+    (lambda c, t: runner.plan_train(c, "rte", "full_finetuning", -1, t / "o"), "seed must be"),
+    (lambda c, t: runner.plan_prune(c, "rte", "nonadaptive", 0, 0, t, t / "o"), "(0, 100]"),
+    (lambda c, t: runner.plan_prune(c, "rte", "nonadaptive", 0, 150, t, t / "o"), "(0, 100]"),
+    (lambda c, t: runner.plan_prune(c, "rte", "full_finetuning", 0, 1, t, t / "o"), "not projected"),
+    (lambda c, t: runner.plan_prune(c, "rte", "nonadaptive", 0, 1, t / "missing", t / "o"), "no metrics.json"),
+    (lambda c, t: runner.plan_evaluate(t / "missing.safetensors", c, "rte", t / "o.json"), "no such file"),
+])
+def test_bad_requests_fail_in_planning(tmp_path, call, message):
+    config = write_config(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError)) as error:
+        call(config, tmp_path)
+    assert message in str(error.value)
+
+
+def test_prune_refuses_a_source_of_the_wrong_task(reference, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / runner.DENSE_DIFF_NAME).write_bytes(b"")
+    write_json(source / "metrics.json", {"task": "mrpc", "method_key": "full_finetuning"})
+    with pytest.raises(ValueError, match="is a 'mrpc' run"):
+        runner.plan_prune(reference["config"], "rte", "nonadaptive", 0, 1, source, tmp_path / "o")
+
+
+def test_linear_schedule_and_epoch_order():
+    factor = runner.linear_schedule(total_steps=10, warmup_steps=2)
+    assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert runner.epoch_order(10, seed=3, epoch=1) == runner.epoch_order(10, seed=3, epoch=1)
+    assert runner.epoch_order(10, seed=3, epoch=1) != runner.epoch_order(10, seed=3, epoch=2)
+    assert sorted(runner.epoch_order(10, seed=3, epoch=1)) == list(range(10))
+
+
+def test_publish_dir_is_all_or_nothing(tmp_path):
+    tmp, final = tmp_path / "run.tmp", tmp_path / "run"
+    tmp.mkdir()
+    write_json(tmp / "metrics.json", {"a": 1})
+    final.mkdir()  # an empty folder (as a workflow engine may create) is replaced
+    publish_dir(tmp, final)
+    assert json.loads((final / "metrics.json").read_text()) == {"a": 1} and not tmp.exists()
+    other = tmp_path / "other.tmp"
+    other.mkdir()
+    with pytest.raises(FileExistsError):
+        publish_dir(other, final)
+    with pytest.raises(ValueError):  # NaN is not JSON: refused rather than written
+        write_json(tmp_path / "x.json", {"x": float("nan")})
+    assert not (tmp_path / "x.json").exists()

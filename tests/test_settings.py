@@ -1,0 +1,184 @@
+"""Config loading, validation and training-settings resolution (diffprune/settings.py)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from diffprune import settings
+
+
+def write(tmp_path, text: str, name: str = "exp.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """
+model: tiny-random
+tasks: [rte, mrpc]
+rates: [0.5, 1]
+methods:
+  full_finetuning:
+  nonadaptive: {method: nonadaptive_diff_pruning}
+"""
+
+
+def test_name_defaults_to_file_stem_and_sections_are_filled(tmp_path):
+    cfg = settings.load_config(write(tmp_path, BASE, "my_experiment.yaml"))
+    assert cfg["name"] == "my_experiment"
+    assert cfg["seeds"] == [0]
+    assert cfg["data"] == {"glue_dir": None, "squad_dir": None}
+    assert cfg["methods"]["full_finetuning"] == {}
+    assert settings.method_entry(cfg, "full_finetuning") == ("full_finetuning", {}, {})
+
+
+def test_paper_defaults(tmp_path):
+    cfg = settings.load_config(write(tmp_path, BASE))
+    rte = settings.resolve_training(cfg, "rte", "full_finetuning")
+    assert rte["learning_rate"] == 1e-5 and rte["batch_size"] == 8 and rte["epochs"] == 3
+    assert rte["fixed_mask_learning_rate"] == 5e-5
+    # section 4.3: 5 fixed-mask epochs for MRPC, STS-B, RTE; 3 elsewhere
+    assert rte["fixed_mask_epochs"] == 5
+    assert settings.resolve_training(cfg, "mrpc", "full_finetuning")["fixed_mask_epochs"] == 5
+    assert settings.resolve_training(cfg, "sst2", "full_finetuning")["fixed_mask_epochs"] == 3
+
+
+def test_resolution_order_and_prune_phase(tmp_path):
+    cfg = settings.load_config(write(tmp_path, """
+        model: small
+        models:
+          small: {source: tiny-random, training: {batch_size: 3, epochs: 7, weight_decay: 0.1}}
+        training: {batch_size: 2, epochs: 4, learning_rate: 2e-5, warmup_ratio: 0.1, weight_decay: 0.01}
+        task_training: {rte: {epochs: 5, max_train_examples: 100}}
+        methods:
+          diff_pruning: {method: diff_pruning, structured: true, training: {epochs: 6, fixed_mask_epochs: 2}}
+          full_finetuning:
+    """))
+    train = settings.resolve_training(cfg, "rte", "diff_pruning")
+    assert train["learning_rate"] == 2e-5            # cfg.training (PyYAML reads 2e-5 as a string: coerced)
+    assert train["warmup_ratio"] == 0.1              # cfg.training over defaults
+    assert train["batch_size"] == 3                  # models[model].training over cfg.training
+    assert train["weight_decay"] == 0.1
+    assert train["max_train_examples"] == 100        # task_training
+    assert train["epochs"] == 6                      # methods[K].training over task_training
+    assert settings.resolve_training(cfg, "rte", "full_finetuning")["epochs"] == 5
+    assert settings.resolve_training(cfg, "cola", "full_finetuning")["epochs"] == 7
+    # --set overrides win over everything
+    assert settings.resolve_training(cfg, "rte", "diff_pruning", overrides={"epochs": 1})["epochs"] == 1
+
+    prune = settings.resolve_training(cfg, "rte", "diff_pruning", phase="prune")
+    assert prune["learning_rate"] == 5e-5 and prune["epochs"] == 2
+    assert settings.method_entry(cfg, "diff_pruning") == ("diff_pruning", {"structured": True},
+                                                          {"epochs": 6, "fixed_mask_epochs": 2})
+
+
+@pytest.mark.parametrize("body, message", [
+    ("tasks: [rte, wnli]\nmethods: {full_finetuning: }", "unknown task 'wnli'"),
+    ("task_training: {mnli_m: {epochs: 1}}\nmethods: {full_finetuning: }", "unknown task 'mnli_m'"),
+    ("methods: {ft: {method: prefix_tuning}}", "unknown method 'prefix_tuning'"),
+    ("rates: [0]\nmethods: {full_finetuning: }", "(0, 100]"),
+    ("rates: [150]\nmethods: {full_finetuning: }", "(0, 100]"),
+    ("model: gpt5\nmethods: {full_finetuning: }", "unknown model key 'gpt5'"),
+    ("methods: {nonadaptive: {method: nonadaptive_diff_pruning}}", "no methods entry has `method: full_finetuning`"),
+    ("training: {learnin_rate: 1}\nmethods: {full_finetuning: }", "unknown training setting(s) ['learnin_rate']"),
+    ("training: {precision: fp8}\nmethods: {full_finetuning: }", "precision must be one of"),
+    ("methods: {adapters: {method: adapters, bottlenek: 4}}", "no option(s) ['bottlenek']"),
+    ("methods: {}", "methods is empty"),
+    ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds must be a non-empty list"),
+    ("unknown_section: 1\nmethods: {full_finetuning: }", "unknown top-level key"),
+])
+def test_invalid_configs_are_rejected_clearly(tmp_path, body, message):
+    with pytest.raises(ValueError) as error:
+        settings.load_config(write(tmp_path, body))
+    assert message in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        settings.load_config(tmp_path / "nope.yaml")
+
+
+def test_missing_data_dir_is_an_error(tmp_path, monkeypatch):
+    cfg = settings.load_config(write(tmp_path, BASE + "data: {glue_dir: does/not/exist}\n"))
+    with pytest.raises(FileNotFoundError, match="data.glue_dir"):
+        settings.data_config(cfg)
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    cfg = settings.load_config(write(tmp_path, BASE))
+    assert settings.data_config(cfg)["glue_dir"] == str(tmp_path)
+
+
+def test_workflow_queries(tmp_path):
+    cfg = settings.load_config(write(tmp_path, """
+        model: tiny-random
+        tasks: [rte, mrpc]
+        rates: [0.5, 1]
+        task_seeds: {rte: [0, 1]}
+        methods:
+          full_finetuning:
+          nonadaptive: {method: nonadaptive_diff_pruning}
+          structured: {method: diff_pruning, structured: true}
+    """))
+    assert settings.method_keys(cfg) == ["full_finetuning", "nonadaptive", "structured"]
+    assert settings.seeds_for(cfg, "rte") == [0, 1] and settings.seeds_for(cfg, "mrpc") == [0]
+    assert settings.rates(cfg) == [0.5, 1.0]
+    assert settings.projected_keys(cfg) == ["nonadaptive", "structured"]
+    assert settings.source_key(cfg, "nonadaptive") == "full_finetuning"
+    assert settings.source_key(cfg, "structured") == "structured"
+    assert settings.source_key(cfg, "full_finetuning") is None
+    assert settings.needs_dense_diff(cfg, "full_finetuning") and settings.needs_dense_diff(cfg, "structured")
+    assert not settings.trains(cfg, "nonadaptive")
+    assert str(settings.run_dir("results", cfg, "rte", "structured", 1, rate=1)) == \
+        "results/exp/runs/rte/structured/rate1.0/seed1"
+
+    runs = settings.expand_runs(cfg)
+    trains = [(r["task"], r["key"], r["seed"]) for r in runs if r["phase"] == "train"]
+    prunes = [(r["task"], r["key"], r["seed"], r["rate"], r["source_key"]) for r in runs if r["phase"] == "prune"]
+    assert ("rte", "nonadaptive", 0) not in trains
+    assert len(trains) == 2 * 2 + 1 * 2          # rte: 2 seeds x 2 training keys; mrpc: 1 seed
+    assert ("rte", "nonadaptive", 1, 0.5, "full_finetuning") in prunes
+    assert len(prunes) == (2 + 1) * 2 * 2         # (seeds) x 2 projected keys x 2 rates
+
+
+def test_reused_key_prefers_the_key_named_like_the_method(tmp_path):
+    cfg = settings.load_config(write(tmp_path, """
+        methods:
+          ft_long: {method: full_finetuning, training: {epochs: 10}}
+          full_finetuning:
+          nonadaptive: {method: nonadaptive_diff_pruning}
+    """))
+    assert settings.reused_key(cfg, "nonadaptive") == "full_finetuning"
+
+
+def test_parse_overrides():
+    assert settings.parse_overrides(["epochs=1", "learning_rate=1e-4", "max_train_examples=null"]) == {
+        "epochs": 1, "learning_rate": 1e-4, "max_train_examples": None}
+    with pytest.raises(ValueError, match="key=value"):
+        settings.parse_overrides(["epochs"])
+    with pytest.raises(ValueError, match="unknown training setting"):
+        settings.parse_overrides(["epoch=1"])
+
+
+def test_bad_values_in_training():
+    cfg = settings.fill_defaults({"methods": {"full_finetuning": None}, "training": {"batch_size": 0}})
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        settings.resolve_training(cfg, "rte", "full_finetuning")
+    with pytest.raises(ValueError, match="unknown task"):
+        settings.resolve_training(cfg, "glue", "full_finetuning")
+    with pytest.raises(ValueError, match="unknown method key 'x'"):
+        settings.resolve_training(cfg, "rte", "x")
+
+
+def test_task_list_matches_the_tasks_package():
+    from diffprune.tasks import TASK_NAMES
+
+    assert settings.task_names() == tuple(TASK_NAMES)
+
+
+def test_import_is_light():
+    """The Snakefile imports settings at every invocation: no torch at import time."""
+    code = "import sys, diffprune.settings; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
