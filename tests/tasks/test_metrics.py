@@ -1,0 +1,93 @@
+"""Metrics against values worked out by hand (all percentages)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from diffprune.tasks import metrics
+
+
+def test_accuracy_counts_matches():
+    assert metrics.accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == pytest.approx(50.0)
+
+
+def test_f1_binary_of_the_positive_class():
+    # labels 1 0 0 1 1 vs predictions 1 1 0 0 1: TP=2, FP=1, FN=1 -> P = R = 2/3 -> F1 = 2/3.
+    assert metrics.f1_binary([1, 1, 0, 0, 1], [1, 0, 0, 1, 1]) == pytest.approx(100 * 2 / 3)
+
+
+def test_f1_binary_without_positive_predictions_is_zero():
+    assert metrics.f1_binary([0, 0, 0], [1, 0, 1]) == 0.0
+
+
+def test_matthews_from_a_two_by_two_confusion_matrix():
+    # TP=3, TN=2, FP=1, FN=1: MCC = (3*2 - 1*1) / sqrt((3+1)(3+1)(2+1)(2+1)) = 5/12.
+    labels = [1, 1, 1, 1, 0, 0, 0]
+    predictions = [1, 1, 1, 0, 0, 0, 1]
+    assert metrics.matthews(predictions, labels) == pytest.approx(100 * 5 / 12)
+
+
+def test_matthews_of_a_constant_predictor_is_zero():
+    assert metrics.matthews([1, 1, 1, 1], [1, 0, 1, 0]) == 0.0
+
+
+def test_pearson_by_hand():
+    # x = 1 2 3, y = 2 4 7: sum dx*dy = 5, sum dx^2 = 2, sum dy^2 = 114/9.
+    expected = 5 / math.sqrt(2 * 114 / 9)
+    assert metrics.pearson([1, 2, 3], [2, 4, 7]) == pytest.approx(100 * expected)
+
+
+def test_spearman_with_a_tie_by_hand():
+    # ranks of y = 5 6 7 8 7 are 1 2 3.5 5 3.5; Pearson of those with 1..5 is 8 / sqrt(10 * 9.5).
+    expected = 8 / math.sqrt(95)
+    assert metrics.spearman([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]) == pytest.approx(100 * expected)
+
+
+def test_spearman_is_rank_based():
+    assert metrics.spearman([1, 2, 3, 4], [1, 10, 100, 1000]) == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("correlation", [metrics.pearson, metrics.spearman])
+def test_correlation_of_a_constant_predictor_is_zero_not_nan(correlation):
+    assert correlation([2.5, 2.5, 2.5], [0.0, 1.0, 4.0]) == 0.0
+
+
+@pytest.mark.parametrize("text, normalised", [
+    ("The  Quick, brown fox!", "quick brown fox"),
+    ("an apple a day", "apple day"),
+    ("Theater of the Absurd", "theater of absurd"),   # articles only as whole words
+    ("  U.S.  ", "us"),
+    ("the", ""),
+])
+def test_squad_normalize_answer(text, normalised):
+    assert metrics.squad_normalize_answer(text) == normalised
+
+
+def test_squad_exact_match_ignores_case_punctuation_and_articles():
+    assert metrics.squad_exact_match("the Eiffel Tower.", ["Eiffel Tower"]) == 1.0
+    assert metrics.squad_exact_match("Eiffel", ["Eiffel Tower"]) == 0.0
+    assert metrics.squad_exact_match("Paris", ["Lyon", "paris"]) == 1.0   # max over gold answers
+
+
+def test_squad_f1_token_overlap_by_hand():
+    # "big red dog" vs "red dog barked": 2 common tokens, P = R = 2/3.
+    assert metrics.squad_f1("the big red dog", ["red dog barked"]) == pytest.approx(2 / 3)
+    assert metrics.squad_f1("the big red dog", ["red dog barked", "a big red dog"]) == pytest.approx(1.0)
+    assert metrics.squad_f1("cat", ["red dog"]) == 0.0
+    # Repeated tokens count only as often as they occur in both.
+    assert metrics.squad_f1("dog dog", ["dog"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_squad_scores_average_and_missing_predictions_score_zero():
+    references = {"a": ["Denver Broncos"], "b": ["Santa Clara, California", "Levi's Stadium"], "c": ["gold"]}
+    predictions = {"a": "Denver Broncos", "b": "Levi's Stadium in Santa Clara"}   # "c" missing
+    # b: F1 vs "santa clara california" = 2*(2/5)(2/3)/(2/5+2/3) = 0.5; vs "levis stadium" = 2*(2/5)(1)/(7/5) = 4/7.
+    scores = metrics.squad_scores(predictions, references)
+    assert scores["exact_match"] == pytest.approx(100 * 1 / 3)
+    assert scores["f1"] == pytest.approx(100 * (1 + 4 / 7 + 0) / 3)
+
+
+def test_squad_scores_needs_references():
+    with pytest.raises(ValueError):
+        metrics.squad_scores({}, {})
