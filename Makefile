@@ -18,8 +18,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# The default workflow (config/config.yaml) with the local-run profile (resume after an
+# interruption, print commands). Offline data checked out beside this clone (../shared/data,
+# as on the project's build machines) is used when GLUE_DIR / SQUAD_DIR are not set;
+# otherwise the data rules go to the Hugging Face Hub.
 reproduce: $(STAMP)
-	$(VENV)/bin/snakemake --cores $(CORES)
+	@if [ -z "$${GLUE_DIR:-}" ] && [ -d ../shared/data/glue ]; then GLUE_DIR="$$(cd ../shared/data/glue && pwd)"; export GLUE_DIR; fi; \
+	if [ -z "$${SQUAD_DIR:-}" ] && [ -d ../shared/data/squad-dev-split ]; then SQUAD_DIR="$$(cd ../shared/data/squad-dev-split && pwd)"; export SQUAD_DIR; fi; \
+	echo "data: GLUE_DIR=$${GLUE_DIR:-(Hugging Face Hub)} SQUAD_DIR=$${SQUAD_DIR:-(Hugging Face Hub)}"; \
+	set -x; $(VENV)/bin/snakemake --workflow-profile workflow/profiles/default --cores $(CORES)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

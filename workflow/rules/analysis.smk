@@ -1,0 +1,86 @@
+# Analysis, at the end of the DAG: every run -> summary.csv (+ layers.csv) -> tables and
+# figures -> results/<name>/README.md. Cheap, so they run on the submitting machine.
+
+
+rule collect:
+    input:
+        RUN_DIRS,
+    output:
+        summary=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Summary",
+        ),
+        layers=f"{RESULTS}/layers.csv",
+    params:
+        python=untracked(PYTHON),
+        # the runs/ folder beside summary.csv (derived from the output, as --lint asks)
+        runs=lambda wildcards, output: os.path.join(os.path.dirname(output.summary), "runs"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/analysis/collect.log",
+    localrule: True
+    shell:
+        "{params.python:q} -m analysis collect --runs {params.runs:q} --out {output.summary:q} "
+        "--layers-out {output.layers:q} > {log:q} 2>&1"
+
+
+rule tables:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+        layers=f"{RESULTS}/layers.csv",
+    output:
+        directory(f"{RESULTS}/tables"),
+    params:
+        python=untracked(PYTHON),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/analysis/tables.log",
+    localrule: True
+    shell:
+        "{params.python:q} -m analysis tables --summary {input.summary:q} --layers {input.layers:q} "
+        "--out-dir {output:q} > {log:q} 2>&1"
+
+
+rule figures:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+        layers=f"{RESULTS}/layers.csv",
+    output:
+        report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{figure}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    params:
+        python=untracked(PYTHON),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/analysis/figures.log",
+    localrule: True
+    shell:
+        "{params.python:q} -m analysis figures --summary {input.summary:q} --layers {input.layers:q} "
+        "--out-dir {output:q} > {log:q} 2>&1"
+
+
+rule readme:
+    input:
+        summary=f"{RESULTS}/summary.csv",
+        tables=f"{RESULTS}/tables",
+        figures=f"{RESULTS}/figures",
+    output:
+        f"{RESULTS}/README.md",
+    params:
+        python=untracked(PYTHON),
+        results=lambda wildcards, output: os.path.dirname(output[0]),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/analysis/readme.log",
+    localrule: True
+    shell:
+        "{params.python:q} -m analysis readme --dir {params.results:q} > {log:q} 2>&1"

@@ -1,0 +1,166 @@
+# Shared state of the DAG: the config as diffprune reads it, the run list, path patterns and
+# the small helpers the rules call. Everything about *which* runs exist comes from
+# diffprune.settings, the same module the runner reads the config with, so the workflow and
+# the runner can never disagree about a run.
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+# Planning imports diffprune from this checkout even when it is not pip-installed.
+sys.path.insert(0, workflow.basedir)
+
+from diffprune import settings  # noqa: E402
+from diffprune.tasks import GLUE_SPECS  # noqa: E402
+
+# Jobs run with the interpreter running Snakemake: `python` on PATH may be another one
+# (`make reproduce` calls .venv/bin/snakemake without activating the venv). Under
+# `--software-deployment-method conda` the job's activated environment provides `python`.
+# Either way the jobs run from the repository root, so `-m diffprune` / `-m analysis` import
+# this checkout's code.
+PYTHON = (
+    "python"
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else sys.executable
+)
+# Found beside this file, whatever the working directory.
+PREPARE_DATA = os.path.relpath(os.path.join(workflow.basedir, "workflow", "scripts", "prepare_data.py"))
+# Every rule runs in this environment when conda deployment is asked for.
+CONDA_ENV = "../envs/diffprune.yaml"
+
+
+def _config_file() -> str:
+    """The one YAML file this invocation runs (the runner is handed the same file)."""
+    files = workflow.config_settings.configfiles
+    if len(files) > 1:
+        raise WorkflowError(
+            "give one --configfile: every job re-reads its config file, and a merge of several "
+            "files would exist only inside Snakemake"
+        )
+    if workflow.config_settings.config:
+        raise WorkflowError(
+            "--config KEY=VALUE overrides are not supported: the jobs read the config file "
+            "itself, so an override would change the plan but not the runs. Copy the config "
+            "file, edit it and pass it with --configfile."
+        )
+    path = Path(files[0]) if files else Path("config/config.yaml")
+    return os.path.relpath(path)
+
+
+CONFIG_FILE = _config_file()
+try:
+    CFG = settings.load_config(CONFIG_FILE)
+except (ValueError, FileNotFoundError) as error:
+    raise WorkflowError(f"invalid config: {error}") from None
+
+NAME = CFG["name"]
+RESULTS = f"results/{NAME}"
+RUNS_ROOT = f"{RESULTS}/runs"
+LOGS = f"{RESULTS}/logs"
+
+# ------------------------------------------------------------------------- runs to make
+
+RUNS = settings.expand_runs(CFG)
+TRAIN_KEYS = [k for k in CFG["methods"] if settings.trains(CFG, k)]
+PROJECTED_KEYS = settings.projected_keys(CFG)
+
+# Output patterns; settings.run_dir is the reference layout (docs/ARCHITECTURE.md) and the
+# targets below are built with it, so a mismatch would fail planning, not go unnoticed.
+TRAIN_RUN = f"{RUNS_ROOT}/{{task}}/{{key}}/seed{{seed}}"
+PRUNE_RUN = f"{RUNS_ROOT}/{{task}}/{{key}}/rate{{rate}}/seed{{seed}}"
+
+
+def run_path(task, key, seed, rate=None) -> str:
+    return str(settings.run_dir("results", CFG, task, key, int(seed), rate))
+
+
+RUN_DIRS = [run_path(r["task"], r["key"], r["seed"], r["rate"]) for r in RUNS]
+
+
+def _alternatives(values) -> str:
+    return "|".join(re.escape(str(v)) for v in values) or "(?!)"
+
+
+wildcard_constraints:
+    task=_alternatives(CFG["tasks"]),
+    seed=r"\d+",
+    rate=r"\d+(\.\d+)?",
+
+
+# ------------------------------------------------------------------------- data
+
+# Local copies named by the config or $GLUE_DIR / $SQUAD_DIR (resolved now, so a folder that
+# does not exist fails planning with its name). None: the jobs load from the Hugging Face Hub.
+try:
+    DATA = settings.data_config(CFG)
+except FileNotFoundError as error:
+    raise WorkflowError(str(error)) from None
+
+GLUE_TASKS = [t for t in CFG["tasks"] if t in GLUE_SPECS]
+GLUE_FOLDERS = {t: GLUE_SPECS[t].folder for t in GLUE_TASKS}
+
+
+def data_manifest(task: str) -> str:
+    if task == "squad":
+        return "resources/squad/manifest.json"
+    return f"resources/glue/{GLUE_FOLDERS[task]}/manifest.json"
+
+
+# Jobs read the linked copies in resources/ (a glue_data layout of just this config's tasks);
+# a data folder named in the config itself still wins inside the runner (same files).
+DATA_ENV = "env " + " ".join(
+    f"{env}=resources/{family}"
+    for key, env, family in (("glue_dir", "GLUE_DIR", "glue"), ("squad_dir", "SQUAD_DIR", "squad"))
+    if DATA[key]
+)
+
+
+# ------------------------------------------------------------------------- per-run settings
+
+
+def run_settings(task: str, key: str, phase: str) -> str:
+    """Everything a run's result depends on, as canonical JSON.
+
+    Passed as a rule parameter so that Snakemake's params rerun trigger re-runs exactly the
+    runs whose settings changed when the config is edited, and nothing else (adding a task
+    or a rate leaves every finished run alone).
+    """
+    name, options, _ = settings.method_entry(CFG, key)
+    values = {
+        "method": name,
+        "options": options,
+        "model": settings.model_spec(CFG),
+        "training": settings.resolve_training(CFG, task, key, phase),
+        "head_pattern": CFG["head_pattern"],
+    }
+    if phase == "prune":
+        values["source_key"] = settings.source_key(CFG, key)
+    return json.dumps(values, sort_keys=True, default=str)
+
+
+def source_run(wildcards) -> str:
+    """The train run a prune run starts from: its own L0 phase, or the reused run."""
+    return run_path(wildcards.task, settings.source_key(CFG, wildcards.key), wildcards.seed)
+
+
+def untracked(value):
+    """A rule parameter that Snakemake's params rerun trigger ignores.
+
+    Snakemake skips params computed from a job's input/output (they change with the files
+    anyway); a function of ``output`` is the sanctioned way to mark a value as "not part of
+    the result". Used for facts of this machine and invocation (the interpreter's path, the
+    path the config was given by, where the same data are read from): none of them may make
+    a finished run look stale. They must not be literal text of the shell command either,
+    whose changes the code trigger watches.
+    """
+    return lambda wildcards, output: value
+
+
+def shell_command(*words: str) -> str:
+    """A job's command, through the GPU-slot wrapper (a no-op without GPUs)."""
+    return "{params.data_env} {params.python:q} -m diffprune.gpu_slots run -- {params.python:q} -m diffprune " + " ".join(words)

@@ -1,0 +1,67 @@
+# Training. Work is shared, never repeated:
+#   train  one job per (task, method key, seed) for every key that trains: the dense methods
+#          and the L0 phase of adaptive diff pruning (which does not depend on the rate);
+#   prune  one job per rate on top of a train run: projection onto the L0 ball + fixed-mask
+#          finetuning. Non-adaptive diff pruning has no train job of its own; its prune jobs
+#          start from the full-finetuning run of the same task and seed (Method.reuses).
+#
+# Each job's output is its run directory, which the runner writes as DIR.tmp and renames
+# when complete: a directory that exists is finished, so an interrupted workflow re-runs
+# only the jobs whose directories are missing (and resumes them from DIR.tmp/checkpoint.pt).
+#
+# resources: gpu=1 caps concurrency under `--resources gpu=N` and maps to --gpus=1 on SLURM;
+# it constrains nothing when no gpu resource is given, so the same DAG runs on a CPU.
+
+
+rule train:
+    input:
+        data=lambda wildcards: ancient(data_manifest(wildcards.task)),
+    output:
+        run=directory(TRAIN_RUN),
+    params:
+        python=untracked(PYTHON),
+        config=untracked(CONFIG_FILE),
+        data_env=untracked(DATA_ENV),
+        settings=lambda wildcards: run_settings(wildcards.task, wildcards.key, "train"),
+    wildcard_constraints:
+        key=_alternatives(TRAIN_KEYS),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/{{task}}/{{key}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        shell_command(
+            "train --config {params.config:q} --task {wildcards.task} --method-key {wildcards.key}",
+            "--seed {wildcards.seed} --out {output.run:q} > {log:q} 2>&1",
+        )
+
+
+rule prune:
+    input:
+        source=source_run,
+        data=lambda wildcards: ancient(data_manifest(wildcards.task)),
+    output:
+        run=directory(PRUNE_RUN),
+    params:
+        python=untracked(PYTHON),
+        config=untracked(CONFIG_FILE),
+        data_env=untracked(DATA_ENV),
+        settings=lambda wildcards: run_settings(wildcards.task, wildcards.key, "prune"),
+    wildcard_constraints:
+        key=_alternatives(PROJECTED_KEYS),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/{{task}}/{{key}}/rate{{rate}}/seed{{seed}}.log",
+    threads: 1
+    resources:
+        gpu=1,
+    shell:
+        shell_command(
+            "prune --config {params.config:q} --task {wildcards.task} --method-key {wildcards.key}",
+            "--seed {wildcards.seed} --rate {wildcards.rate} --from {input.source:q}",
+            "--out {output.run:q} > {log:q} 2>&1",
+        )
