@@ -7,7 +7,7 @@ rates, one epoch. Along the way:
     runs are finished; the next plan re-runs exactly the unfinished ones;
   - the finished workflow leaves summary.csv, every table and figure and README.md;
   - a second invocation does nothing; editing one method's options re-runs only its jobs;
-  - `snakemake --report` embeds the figures.
+  - `snakemake --report` embeds the figures and the tables.
 """
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_workflow_end_to_end(workdir):
     plan = job_counts(run_snakemake(*snakemake_args("-n"), cwd=workdir, env=env).stdout)
     assert plan == {"train": len(cfg["tasks"]), "collect": 1, "tables": 1, "figures": 1, "readme": 1, "all": 1}
 
-    # --- 5. the HTML report carries the figures ------------------------------------------
+    # --- 5. the HTML report carries the figures and the tables ---------------------------
     run_snakemake("--configfile", "e2e.yaml", "--report", "report.html", cwd=workdir, env=env)
     report = (workdir / "report.html").read_text(errors="replace")
-    assert "figure1_left_average_vs_rate" in report
+    assert "figure1_left_average_vs_rate" in report and "table1_main" in report

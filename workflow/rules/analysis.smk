@@ -31,7 +31,12 @@ rule tables:
         summary=f"{RESULTS}/summary.csv",
         layers=f"{RESULTS}/layers.csv",
     output:
-        directory(f"{RESULTS}/tables"),
+        report(
+            directory(f"{RESULTS}/tables"),
+            patterns=["{table}.csv"],
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
     params:
         python=untracked(PYTHON),
     conda:
