@@ -24,6 +24,7 @@ from diffprune.config import DEFAULT_HEAD_PATTERN, DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.methods import adamw
 from diffprune.projection import project_
+from diffprune.runner import peak_memory_bytes
 
 
 def _keep_freed_memory() -> None:
@@ -73,20 +74,8 @@ class PeakMemory:
         if self.device.type == "cuda":
             self.peak = torch.cuda.max_memory_allocated(self.device)
         else:
-            self.peak = _vm_hwm()
+            self.peak = peak_memory_bytes(self.device)
 
-
-def _vm_hwm() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _load_model(spec: str, num_labels: int = 2) -> tuple[nn.Module, str]:

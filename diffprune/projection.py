@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from diffprune.config import DEFAULT_HEAD_PATTERN, check_rate
-from diffprune.methods import Method, adamw
+from diffprune.methods import Method
 from diffprune.reparam import ReparametrizedModel, Slot
 
 
