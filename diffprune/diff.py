@@ -16,53 +16,105 @@ import torch
 from torch import nn
 
 from diffprune.config import DiffPruningConfig
-from diffprune.gates import ExpectedL0, fill_uniform_, gate_slope, logistic_s_, stretch_
+from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch_
 from diffprune.reparam import ReparametrizedModel, Slot
 
 _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
 
 
+# Elements per chunk of the gate maths: every temporary of a forward or backward is this
+# size instead of the size of the tensor (the word embeddings alone are ~12M entries).
+CHUNK = 1 << 20
+SAMPLE_DTYPE = torch.float16
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1)
+
+
+def _chunks(n: int):
+    for start in range(0, n, CHUNK):
+        yield slice(start, min(start + CHUNK, n))
+
+
 class _GatedDiff(torch.autograd.Function):
     """theta_0 + z(s) * w for one tensor; backward recomputes z from the step's sample s.
 
-    Saves only references to existing tensors (w, alpha), so a step adds no d-sized
-    intermediate to memory beyond the per-step sample buffer.
+    Saves only references to existing tensors (w, alpha), and works chunk by chunk, so a
+    step adds no tensor-sized intermediate to memory beyond the per-step sample buffer and
+    the gradients themselves.
     """
 
     @staticmethod
     def forward(ctx, w, alpha, group_alpha, model: "DiffPrunedModel", slot: Slot):
-        s = model.sample_view(slot)
-        z = stretch_(s, model.config.left, model.config.right)
-        if group_alpha is not None:
-            z.mul_(model.group_gate(slot.index))
         ctx.model, ctx.slot = model, slot
         ctx.save_for_backward(w, alpha)
         ctx.has_group = group_alpha is not None
-        return torch.addcmul(slot.base, z, w)
+        return model.rebuild(slot)
 
     @staticmethod
     def backward(ctx, grad):
+        if grad.is_sparse:
+            return _GatedDiff.sparse_backward(ctx, grad)
         w, alpha = ctx.saved_tensors
         model, slot = ctx.model, ctx.slot
         left, right = model.config.left, model.config.right
-        s = model.sample_view(slot)
+        s = _flat(model.sample_view(slot))
+        grad_flat, w_flat = _flat(grad), _flat(w)
+        grad_w = torch.empty_like(w)
+        grad_alpha = torch.empty_like(alpha)
+        grad_w_flat, grad_alpha_flat = grad_w.view(-1), grad_alpha.view(-1)
+        z_group = model.group_gate(slot.index) if ctx.has_group else None
+        group_total = torch.zeros((), dtype=torch.float32, device=w.device)
+        for part in _chunks(s.numel()):
+            s_part = s[part]
+            z_elem = stretch_(s_part, left, right)
+            g_w = torch.mul(grad_flat[part], z_elem, out=grad_w_flat[part])
+            g_alpha = torch.mul(grad_flat[part], w_flat[part], out=grad_alpha_flat[part])
+            if z_group is not None:
+                g_w.mul_(z_group)
+                # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
+                group_total += torch.dot(g_alpha.float(), z_elem.float())
+                g_alpha.mul_(z_group)
+            g_alpha.mul_(gate_slope(s_part, left, right))
+        grad_group = None
+        if z_group is not None:
+            grad_group = torch.zeros_like(model.group_alpha)
+            grad_group[slot.index] = group_total * gate_slope(model.group_sample[slot.index], left, right)
+        return grad_w, grad_alpha, grad_group, None, None
+
+    @staticmethod
+    def sparse_backward(ctx, grad):
+        """The same gradients from a row-sparse one (an embedding lookup's): only its rows."""
+        w, alpha = ctx.saved_tensors
+        model, slot = ctx.model, ctx.slot
+        left, right = model.config.left, model.config.right
+        grad = grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        s = model.sample_view(slot)[rows]
         z_elem = stretch_(s, left, right)
-        grad_w = grad * z_elem
-        grad_alpha = grad * w
+        g_w = values * z_elem
+        g_alpha = values * w.detach()[rows]
         grad_group = None
         if ctx.has_group:
             z_group = model.group_gate(slot.index)
-            grad_w.mul_(z_group)
-            # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
+            g_w.mul_(z_group)
             grad_group = torch.zeros_like(model.group_alpha)
-            grad_group[slot.index] = (grad_alpha * z_elem).sum() * gate_slope(model.group_sample[slot.index], left, right)
-            grad_alpha.mul_(z_group)
-        grad_alpha.mul_(gate_slope(s, left, right))
+            grad_group[slot.index] = torch.dot(g_alpha.reshape(-1), z_elem.reshape(-1)) * gate_slope(
+                model.group_sample[slot.index], left, right)
+            g_alpha.mul_(z_group)
+        g_alpha.mul_(gate_slope(s, left, right))
+        grad_w = torch.zeros_like(w)
+        grad_alpha = torch.zeros_like(alpha)
+        grad_w.index_put_((rows,), g_w, accumulate=True)
+        grad_alpha.index_put_((rows,), g_alpha, accumulate=True)
         return grad_w, grad_alpha, grad_group, None, None
 
 
 class DiffPrunedModel(ReparametrizedModel):
     """A pretrained model plus a trainable gated diff on every pretrained tensor."""
+
+    sparse_embedding_grads = True
 
     def __init__(self, model: nn.Module, config: DiffPruningConfig | None = None) -> None:
         config = config or DiffPruningConfig()
@@ -78,17 +130,18 @@ class DiffPrunedModel(ReparametrizedModel):
             nn.Parameter(torch.full((len(self.slots),), config.alpha_init)) if config.structured else None
         )
         device = self.slots[0].base.device
-        # s = sigmoid(logit(u) + alpha) of the current sample, for every diffed entry (flat).
-        self.register_buffer("sample", torch.empty(self.diffed_params, device=device), persistent=False)
+        # s = sigmoid(logit(u) + alpha) of the current sample, for every diffed entry (flat),
+        # kept in fp16: it is the largest per-step buffer, the gate maths reads it into fp32
+        # chunk by chunk, and a step of 2^-11 in s is far below the noise it represents.
+        self.register_buffer("sample", torch.empty(self.diffed_params, dtype=SAMPLE_DTYPE, device=device),
+                             persistent=False)
         self.register_buffer("group_sample", torch.empty(len(self.slots), device=device), persistent=False)
         self._sample_key: tuple | None = None
 
     # -- noise -------------------------------------------------------------------------
     def _draw(self, step: int, seed: int) -> None:
         with torch.no_grad():
-            fill_uniform_(self.sample, seed, step)
-            for slot in self.slots:
-                logistic_s_(self.sample_view(slot), self.alpha[slot.index])
+            draw_gate_sample_(self.sample, [(slot.offset, self.alpha[slot.index]) for slot in self.slots], seed, step)
             if self.group_alpha is not None:
                 g = torch.Generator(device=self.group_sample.device).manual_seed(seed * 7919 + step + 1)
                 self.group_sample.uniform_(generator=g)
@@ -111,6 +164,7 @@ class DiffPrunedModel(ReparametrizedModel):
             self._draw(_FIXED_SAMPLE_STEP, self.config.mask_seed)
 
     def sample_view(self, slot: Slot) -> torch.Tensor:
+        """The slot's part of the stored (16-bit) sample; ``stretch_`` computes in fp32."""
         return self.sample[slot.offset: slot.offset + slot.numel].view(slot.shape)
 
     def group_gate(self, index: int) -> torch.Tensor:
@@ -126,10 +180,17 @@ class DiffPrunedModel(ReparametrizedModel):
         return self.rebuild(slot)
 
     def rebuild(self, slot: Slot) -> torch.Tensor:
-        z = stretch_(self.sample_view(slot), self.config.left, self.config.right)
-        if self.group_alpha is not None:
-            z.mul_(self.group_gate(slot.index))
-        return torch.addcmul(slot.base, z, self.w[slot.index].detach())
+        """theta_0 + z * w of one slot, built chunk by chunk (no tensor-sized temporaries)."""
+        with torch.no_grad():
+            out = torch.empty_like(slot.base)
+            s, base, w, out_flat = _flat(self.sample_view(slot)), _flat(slot.base), _flat(self.w[slot.index]), out.view(-1)
+            z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
+            for part in _chunks(s.numel()):
+                z = stretch_(s[part], self.config.left, self.config.right)
+                if z_group is not None:
+                    z.mul_(z_group)
+                torch.addcmul(base[part], z, w[part], out=out_flat[part])
+        return out
 
     # -- the penalty and the result ----------------------------------------------------
     def expected_l0(self) -> torch.Tensor:

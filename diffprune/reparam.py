@@ -65,6 +65,11 @@ def unique_parameters(model: nn.Module) -> list[tuple[str, list[str], nn.Paramet
     return sorted(by_id.values(), key=lambda e: order.get(id(e[2]), len(order)))
 
 
+def _restore_sparse_flag(module: nn.Module) -> None:
+    if hasattr(module, "_diffprune_sparse"):
+        module.sparse = module.__dict__.pop("_diffprune_sparse")
+
+
 class ReparametrizedModel(nn.Module):
     """Base for wrappers that run ``model`` with effective weights for some of its tensors.
 
@@ -104,6 +109,10 @@ class ReparametrizedModel(nn.Module):
             self._handles.append(module.register_forward_hook(self._make_post_hook(attrs), always_call=True))
 
     # -- what subclasses provide -------------------------------------------------------
+    # True if ``effective``'s backward accepts a sparse (row-wise) gradient: nn.Embedding
+    # owners then produce one, which saves a vocabulary-sized dense gradient per step.
+    sparse_embedding_grads = False
+
     def effective(self, slot: Slot) -> torch.Tensor:
         raise NotImplementedError
 
@@ -120,6 +129,11 @@ class ReparametrizedModel(nn.Module):
                 module._parameters[attr] = value
                 if value.requires_grad:
                     self._live[value.untyped_storage().data_ptr()] = slot.index
+                    if self.sparse_embedding_grads and isinstance(module, nn.Embedding) and attr == "weight":
+                        # Only the looked-up rows get a gradient: ask for it as a sparse
+                        # tensor instead of a dense vocabulary-sized one.
+                        module._diffprune_sparse = module.sparse
+                        module.sparse = True
         return pre_hook
 
     def _make_post_hook(self, attrs):
@@ -129,6 +143,7 @@ class ReparametrizedModel(nn.Module):
                 if value is not slot.base:
                     self._live.pop(value.untyped_storage().data_ptr(), None)
                     module._parameters[attr] = slot.base
+            _restore_sparse_flag(module)
         return post_hook
 
     def _pack(self, tensor: torch.Tensor):
@@ -164,6 +179,7 @@ class ReparametrizedModel(nn.Module):
             for slot in self.slots:  # leave the model clean even if forward raised
                 for module, attr in slot.owners:
                     module._parameters[attr] = slot.base
+                    _restore_sparse_flag(module)
 
     def detach_hooks(self) -> nn.Module:
         """Remove the hooks and return the plain pretrained model (theta_0 untouched)."""

@@ -470,12 +470,15 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
                 for indices in group:
                     batch = data.collate([data.train[i] for i in indices])
                     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                    # The penalty (e.g. lambda * expected L0) is computed in fp32, outside
+                    # autocast, split over the group so each optimizer step counts it once,
+                    # and *before* the forward pass: autograd runs the backward of what was
+                    # built first last, so its d-sized gradients appear only after the
+                    # activations are freed and do not add to the step's peak memory.
+                    penalty = method.penalty(module)
                     with autocast_context(device, precision):
                         outputs = module(**batch)
                     loss = outputs.loss.float() / len(group)
-                    # The penalty (e.g. lambda * expected L0) is computed in fp32, outside
-                    # autocast; split over the group so each optimizer step counts it once.
-                    penalty = method.penalty(module)
                     if penalty is not None:
                         loss = loss + penalty.float() / len(group)
                     (scaler.scale(loss) if scaler else loss).backward()

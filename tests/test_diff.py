@@ -12,7 +12,7 @@ def _reference_loss(dm, ref_model, batch, w_ref, a_ref, g_ref):
     c = dm.config
     params = {}
     for slot in dm.slots:
-        logistic = torch.logit(dm.sample_view(slot)) - dm.alpha[slot.index].detach()
+        logistic = torch.logit(dm.sample_view(slot).float()) - dm.alpha[slot.index].detach()
         z = torch.clamp(torch.sigmoid(logistic + a_ref[slot.index]) * (c.right - c.left) + c.left, 0, 1)
         if g_ref is not None:
             lg = torch.logit(dm.group_sample[slot.index]) - dm.group_alpha[slot.index].detach()

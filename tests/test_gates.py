@@ -4,7 +4,7 @@ import math
 import torch
 
 from diffprune.config import DiffPruningConfig
-from diffprune.gates import (ExpectedL0, expected_l0, expected_l0_structured, fill_uniform_, gate_slope,
+from diffprune.gates import (ExpectedL0, draw_gate_sample_, expected_l0, expected_l0_structured, fill_uniform_, gate_slope,
                              hard_concrete, logistic_s_, stretch_)
 
 
@@ -74,3 +74,14 @@ def test_noise_depends_only_on_seed_and_step_not_on_threads():
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert 0 < a.min() and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.01
+
+
+def test_gate_sample_is_the_logistic_of_the_seeded_noise_in_any_precision():
+    alphas = [torch.randn(70_000), torch.randn(3), torch.randn(130_000)]
+    offsets = [0, 70_000, 70_003]
+    u = fill_uniform_(torch.empty(200_003), seed=5, step=2)
+    want = torch.cat([logistic_s_(u[o:o + a.numel()].clone(), a) for o, a in zip(offsets, alphas)])
+    full = draw_gate_sample_(torch.empty(200_003), list(zip(offsets, alphas)), seed=5, step=2)
+    half = draw_gate_sample_(torch.empty(200_003, dtype=torch.float16), list(zip(offsets, alphas)), seed=5, step=2)
+    assert torch.allclose(full, want, rtol=0, atol=1e-6)  # same noise (SIMD tails may differ by an ulp)
+    assert torch.allclose(half.float(), want, atol=2**-11)
