@@ -213,6 +213,17 @@ def validate_config(cfg: dict) -> None:
         if unknown_options:
             raise ValueError(f"methods.{key}: method {name!r} has no option(s) {sorted(unknown_options)}; "
                              f"it accepts {sorted(cls.option_defaults())}")
+        own_rates = entry.get("rates")
+        if own_rates is not None:
+            if not cls.projected:
+                raise ValueError(f"methods.{key}: `rates` applies only to projected methods (diff pruning "
+                                 f"and its variants); {name!r} does not fan out per rate")
+            if not isinstance(own_rates, list) or not own_rates:
+                raise ValueError(f"methods.{key}.rates must be a non-empty list of percentages, got {own_rates!r}")
+            for rate in own_rates:
+                check_rate(rate)
+            if len({float(r) for r in own_rates}) != len(own_rates):
+                raise ValueError(f"methods.{key}.rates has duplicates: {own_rates}")
         if cls.reuses:
             providers = [k for k, e in cfg["methods"].items() if e.get("method", k) == cls.reuses]
             if not providers:
@@ -229,6 +240,7 @@ def method_entry(cfg: dict, key: str) -> tuple[str, dict, dict]:
     entry = dict(cfg["methods"][key] or {})
     name = entry.pop("method", key)
     training = dict(entry.pop("training", None) or {})
+    entry.pop("rates", None)  # which runs exist, not a method option (see rates_for)
     return name, entry, training
 
 
@@ -286,6 +298,12 @@ def seeds_for(cfg: dict, task: str) -> list[int]:
 
 def rates(cfg: dict) -> list[float]:
     return [check_rate(r) for r in cfg["rates"]]
+
+
+def rates_for(cfg: dict, key: str) -> list[float]:
+    """The sparsity rates a projected key runs at: its entry's own ``rates``, else the config's."""
+    own = (cfg["methods"].get(key) or {}).get("rates")
+    return [check_rate(r) for r in own] if own is not None else rates(cfg)
 
 
 def rate_label(rate: float | str) -> str:
@@ -419,6 +437,6 @@ def expand_runs(cfg: dict) -> list[dict]:
                     runs.append({"task": task, "key": key, "seed": seed, "rate": None, "phase": "train", "source_key": None})
                 src = source_key(cfg, key)
                 if src is not None:
-                    for rate in rates(cfg):
+                    for rate in rates_for(cfg, key):
                         runs.append({"task": task, "key": key, "seed": seed, "rate": rate, "phase": "prune", "source_key": src})
     return runs

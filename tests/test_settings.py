@@ -182,3 +182,28 @@ def test_import_is_light():
     code = "import sys, diffprune.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_projected_key_may_run_at_its_own_rates(tmp_path):
+    cfg = settings.load_config(write(tmp_path, BASE.replace(
+        "nonadaptive: {method: nonadaptive_diff_pruning}",
+        "nonadaptive: {method: nonadaptive_diff_pruning, rates: [0.25]}")))
+    assert settings.rates_for(cfg, "nonadaptive") == [0.25]
+    assert settings.method_entry(cfg, "nonadaptive") == ("nonadaptive_diff_pruning", {}, {})
+    prune_rates = {r["rate"] for r in settings.expand_runs(cfg) if r["phase"] == "prune"}
+    assert prune_rates == {0.25}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("full_finetuning: {rates: [0.5]}", "applies only to projected methods"),
+    ("nonadaptive: {method: nonadaptive_diff_pruning, rates: [0]}", "(0, 100]"),
+    ("nonadaptive: {method: nonadaptive_diff_pruning, rates: []}", "non-empty list"),
+    ("nonadaptive: {method: nonadaptive_diff_pruning, rates: [1, 1.0]}", "duplicates"),
+])
+def test_bad_per_method_rates(tmp_path, entry, message):
+    entries = {"full_finetuning": "full_finetuning: {}", "nonadaptive": "nonadaptive: {method: nonadaptive_diff_pruning}"}
+    entries[entry.split(":")[0]] = entry
+    body = "model: tiny-random\ntasks: [rte]\nmethods:\n" + "".join(f"  {e}\n" for e in entries.values())
+    with pytest.raises(ValueError) as error:
+        settings.load_config(write(tmp_path, body))
+    assert message in str(error.value)
