@@ -139,7 +139,7 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
         phase="train", cfg=cfg, config_path=str(config_path), task=task, method_key=method_key,
         method_name=name, method_options=options, seed=seed, out_dir=out_dir,
         training=settings.resolve_training(cfg, task, method_key, "train", overrides),
-        data_cfg=settings.data_config(cfg), overrides=dict(overrides or {}),
+        data_cfg=settings.data_config(cfg, task), overrides=dict(overrides or {}),
         write_dense_diff=settings.needs_dense_diff(cfg, method_key),
     )
 
@@ -175,7 +175,7 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
         phase="prune", cfg=cfg, config_path=str(config_path), task=task, method_key=method_key,
         method_name=name, method_options=options, seed=seed, out_dir=out_dir,
         training=settings.resolve_training(cfg, task, method_key, "prune", overrides),
-        data_cfg=settings.data_config(cfg), overrides=dict(overrides or {}),
+        data_cfg=settings.data_config(cfg, task), overrides=dict(overrides or {}),
         rate=rate, source_dir=source_dir,
     )
 
@@ -736,7 +736,7 @@ def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | 
         raise FileNotFoundError(f"--diff {diff_path}: no such file")
     return EvaluatePlan(cfg=cfg, config_path=str(config_path), task=task, diff_path=diff_path,
                         out_path=Path(out_path), training=settings.resolve_training(cfg, task, None, "train", overrides),
-                        data_cfg=settings.data_config(cfg), model_key=model_key)
+                        data_cfg=settings.data_config(cfg, task), model_key=model_key)
 
 
 def execute_evaluate(plan: EvaluatePlan) -> dict | None:

@@ -323,11 +323,18 @@ def model_spec(cfg: dict, model_key: str | None = None) -> dict:
     return {k: v for k, v in cfg["models"][key].items() if k != "training"}
 
 
-def data_config(cfg: dict) -> dict:
+def data_key(task: str) -> str:
+    """The ``data`` entry a task reads: ``squad_dir`` for SQuAD, ``glue_dir`` for the rest."""
+    return "squad_dir" if check_task(task) == "squad" else "glue_dir"
+
+
+def data_config(cfg: dict, task: str | None = None) -> dict:
     """Data locations: the config's, else $GLUE_DIR / $SQUAD_DIR, else None (the Hub).
 
     Relative paths are relative to the working directory (the repository root when the
-    workflow runs). A named folder that does not exist is an error here, before any model loads.
+    workflow runs). A named folder that does not exist is an error here, before any model
+    loads: every folder, or with ``task`` only the one that task reads (a GLUE run does not
+    care whether the SQuAD folder exists yet).
     """
     resolved = {}
     for key, env in DATA_ENV.items():
@@ -335,7 +342,7 @@ def data_config(cfg: dict) -> dict:
         where = f"data.{key}" if cfg["data"].get(key) else f"${env}"
         if value is not None:
             value = os.path.abspath(os.path.expanduser(str(value)))
-            if not os.path.isdir(value):
+            if not os.path.isdir(value) and (task is None or data_key(task) == key):
                 raise FileNotFoundError(f"{where} names a data folder that does not exist: {value}")
         resolved[key] = value
     return resolved

@@ -207,3 +207,14 @@ def test_bad_per_method_rates(tmp_path, entry, message):
     with pytest.raises(ValueError) as error:
         settings.load_config(write(tmp_path, body))
     assert message in str(error.value)
+
+
+def test_a_run_checks_only_the_data_folder_its_task_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    monkeypatch.setenv("SQUAD_DIR", str(tmp_path / "not-prepared-yet"))
+    cfg = settings.load_config(write(tmp_path, BASE))
+    assert settings.data_config(cfg, "rte")["glue_dir"] == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"\$SQUAD_DIR"):
+        settings.data_config(cfg, "squad")
+    with pytest.raises(FileNotFoundError, match=r"\$SQUAD_DIR"):
+        settings.data_config(cfg)

@@ -112,12 +112,17 @@ def data_manifest(task: str) -> str:
 
 
 # Jobs read the linked copies in resources/ (a glue_data layout of just this config's tasks);
-# a data folder named in the config itself still wins inside the runner (same files).
-DATA_ENV = "env " + " ".join(
-    f"{env}=resources/{family}"
-    for key, env, family in (("glue_dir", "GLUE_DIR", "glue"), ("squad_dir", "SQUAD_DIR", "squad"))
-    if DATA[key]
-)
+# a data folder named in the config itself still wins inside the runner (same files). A job
+# is pointed at the copy of its own task's family only: the other family's copy may not be
+# prepared yet when it starts.
+_DATA_FAMILIES = {"glue_dir": ("GLUE_DIR", "glue"), "squad_dir": ("SQUAD_DIR", "squad")}
+
+
+def data_env(wildcards, output) -> str:
+    """The job's data variable (a function of ``output``: untracked, see ``untracked``)."""
+    key = settings.data_key(wildcards.task)
+    env, family = _DATA_FAMILIES[key]
+    return f"env {env}=resources/{family}" if DATA[key] else "env"
 
 
 # ------------------------------------------------------------------------- per-run settings

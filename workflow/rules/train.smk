@@ -21,7 +21,7 @@ rule train:
     params:
         python=untracked(PYTHON),
         config=untracked(CONFIG_FILE),
-        data_env=untracked(DATA_ENV),
+        data_env=data_env,
         settings=lambda wildcards: run_settings(wildcards.task, wildcards.key, "train"),
     wildcard_constraints:
         key=_alternatives(TRAIN_KEYS),
@@ -48,7 +48,7 @@ rule prune:
     params:
         python=untracked(PYTHON),
         config=untracked(CONFIG_FILE),
-        data_env=untracked(DATA_ENV),
+        data_env=data_env,
         settings=lambda wildcards: run_settings(wildcards.task, wildcards.key, "prune"),
     wildcard_constraints:
         key=_alternatives(PROJECTED_KEYS),
