@@ -25,8 +25,14 @@ RANKED_KINDS = ("embeddings",)  # besides the transformer blocks layer_0 .. laye
 class CriticalLayers(SubsetFinetuning):
     name = "critical_layers"
     # Not a `reuses` method (it trains on its own) but its ranking needs a finished
-    # full_finetuning run of the same task; the workflow passes that run's stats.json.
+    # full_finetuning run of the same task and seed: the workflow makes this run wait for it
+    # and `train --from` puts its directory into the `ranking` option.
     needs_run = "full_finetuning"
+    run_option = "ranking"
+
+    @classmethod
+    def needs_run_for(cls, options: dict) -> bool:
+        return options.get("layers") is None and super().needs_run_for(options)
 
     @classmethod
     def option_defaults(cls) -> dict:

@@ -1,7 +1,7 @@
 """``python -m diffprune <verb>`` (also installed as the ``diffprune`` command).
 
 Verbs (docs/ARCHITECTURE.md, "Runner CLI"):
-  train     --config CFG --task T --method-key K --seed S --out DIR [--set key=value ...]
+  train     --config CFG --task T --method-key K --seed S --out DIR [--from RUN_DIR] [--set key=value ...]
   prune     --config CFG --task T --method-key K --seed S --rate R --from SRC_DIR --out DIR [--set ...]
   evaluate  --diff FILE --config CFG --task T --out FILE.json [--model-key M] [--set ...]
 
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--method-key", required=True, help="key under `methods:` in the config")
     train.add_argument("--seed", required=True, type=int)
     train.add_argument("--out", required=True, help="run directory to create")
+    train.add_argument("--from", dest="needed", default=None,
+                       help="the finished run a method reads before training (critical_layers: the "
+                            "full_finetuning run of the same task and seed, for its layer ranking)")
 
     prune = verbs.add_parser("prune", help="project a dense diff to a rate and finetune with the mask fixed")
     _add_common(prune)
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 def make_plan(args: argparse.Namespace):
     overrides = settings.parse_overrides(args.overrides)
     if args.verb == "train":
-        return runner.plan_train(args.config, args.task, args.method_key, args.seed, args.out, overrides)
+        return runner.plan_train(args.config, args.task, args.method_key, args.seed, args.out, overrides,
+                                 needed_dir=args.needed)
     if args.verb == "prune":
         return runner.plan_prune(args.config, args.task, args.method_key, args.seed, args.rate,
                                  args.source, args.out, overrides)

@@ -34,6 +34,16 @@ class Method:
     projected: ClassVar[bool] = False
     # The train phase is another method's run (non-adaptive diff pruning reuses full finetuning).
     reuses: ClassVar[str | None] = None
+    # Trains on its own but first reads another method's finished train run of the same task
+    # and seed (critical-layer finetuning ranks layers by how far full finetuning moved them);
+    # the runner puts that run's directory into the option named ``run_option``.
+    needs_run: ClassVar[str | None] = None
+    run_option: ClassVar[str | None] = None
+
+    @classmethod
+    def needs_run_for(cls, options: dict) -> bool:
+        """Whether a method entry with these options needs the ``needs_run`` run."""
+        return cls.needs_run is not None and options.get(cls.run_option) is None
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.option_defaults())

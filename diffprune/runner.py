@@ -121,7 +121,8 @@ def _check_out_dir(out_dir: Path) -> None:
 
 
 def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
-               overrides: dict | None = None) -> RunPlan:
+               overrides: dict | None = None, needed_dir=None) -> RunPlan:
+    """``needed_dir``: the finished run a ``needs_run`` method reads (``train --from``)."""
     cfg = settings.load_config(config_path)
     settings.check_task(task)
     seed = _check_seed(seed)
@@ -130,6 +131,21 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
     if reused is not None:
         raise ValueError(f"method key {method_key!r} ({name}) has no train phase of its own: it reuses the "
                          f"train runs of {reused!r}; train {reused!r} and `prune --from` its run directory")
+    needed = settings.needed_key(cfg, method_key)
+    if needed is None and needed_dir is not None:
+        raise ValueError(f"--from is only for methods that read another run; {method_key!r} ({name}) does not")
+    if needed is not None:
+        if needed_dir is None:
+            raise ValueError(f"method key {method_key!r} ({name}) reads the finished {needed!r} run of the same "
+                             f"task and seed: pass its run directory with --from")
+        source = _finished_run(Path(needed_dir), "--from")
+        if source.get("task") != task or source.get("seed") != seed or source.get("method_key") != needed:
+            raise ValueError(f"--from {needed_dir} is the {source.get('method_key')!r} run of task "
+                             f"{source.get('task')!r}, seed {source.get('seed')!r}; {method_key!r} needs the "
+                             f"{needed!r} run of task {task!r}, seed {seed}")
+        from diffprune.registry import method_class
+
+        options = {**options, method_class(name).run_option: str(Path(needed_dir))}
     from diffprune.registry import build_method
 
     build_method(name, **options)  # unknown / invalid options fail here, before any model loads
@@ -142,6 +158,14 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
         data_cfg=settings.data_config(cfg, task), overrides=dict(overrides or {}),
         write_dense_diff=settings.needs_dense_diff(cfg, method_key),
     )
+
+
+def _finished_run(run_dir: Path, flag: str) -> dict:
+    """metrics.json of a finished run directory (clear error otherwise)."""
+    metrics = run_dir / "metrics.json"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{flag} {run_dir}: no metrics.json there (not a finished run)")
+    return json.loads(metrics.read_text())
 
 
 def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, source_dir, out_dir,
@@ -376,6 +400,34 @@ def epoch_order(num_examples: int, seed: int, epoch: int):
     return torch.randperm(num_examples, generator=generator).tolist()
 
 
+# group_by_length: examples are sorted by length within windows of this many batches.
+LENGTH_GROUP_BATCHES = 50
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int,
+                  lengths: list[int] | None = None) -> list[list[int]]:
+    """The batches of one epoch (lists of example indices), a function of its arguments only.
+
+    With ``lengths`` (group_by_length), the epoch's random order is cut into windows of
+    ``LENGTH_GROUP_BATCHES`` batches, each window sorted by length and cut into batches,
+    and the batches shuffled: a batch holds examples of similar length, so dynamic padding
+    pads little (the same idea as Hugging Face's ``group_by_length``), while which examples
+    meet in a batch stays random.
+    """
+    import torch
+
+    order = epoch_order(num_examples, seed, epoch)
+    if lengths is None:
+        return [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
+    window = batch_size * LENGTH_GROUP_BATCHES
+    batches = []
+    for start in range(0, num_examples, window):
+        by_length = sorted(order[start:start + window], key=lambda i: lengths[i], reverse=True)
+        batches += [by_length[i:i + batch_size] for i in range(0, len(by_length), batch_size)]
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
 def linear_schedule(total_steps: int, warmup_steps: int):
     """Linear warmup to the base learning rate, then linear decay to 0 (BERT's schedule)."""
 
@@ -408,6 +460,10 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
     if training["max_steps"] is not None:
         total_steps = min(total_steps, training["max_steps"])
     warmup_steps = int(round(training["warmup_ratio"] * total_steps))
+
+    lengths = None
+    if training["group_by_length"]:
+        lengths = [len(data.train[i]["input_ids"]) for i in range(num_examples)]
 
     module.train()
     optimizer = method.make_optimizer(module, training)
@@ -458,8 +514,7 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
     running_loss, running_count = torch.zeros((), device=device), 0
     try:
         while epoch < epochs and step < total_steps:
-            order = epoch_order(num_examples, plan.seed, epoch)
-            batches = [order[i:i + batch_size] for i in range(0, num_examples, batch_size)]
+            batches = epoch_batches(num_examples, batch_size, plan.seed, epoch, lengths)
             groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
             for group_index in range(groups_done, len(groups)):
                 if step >= total_steps:

@@ -44,6 +44,8 @@ FIVE_FIXED_MASK_EPOCH_TASKS = ("mrpc", "stsb", "rte")
 # optimizer step sees k * batch_size examples.
 # max_steps (null = no cap) stops after that many optimizer steps; the schedule is laid out
 # over the capped step count. It exists for smoke runs and benchmarks.
+# group_by_length: batch examples of similar length together (within random windows of 50
+# batches), so dynamic padding wastes little; off by default, as in the paper's setup.
 TRAINING_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-5,
     "batch_size": 8,
@@ -63,6 +65,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "precision": "auto",
     "num_threads": None,
     "checkpoint_every_steps": 200,
+    "group_by_length": False,
 }
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -224,6 +227,7 @@ def validate_config(cfg: dict) -> None:
                 check_rate(rate)
             if len({float(r) for r in own_rates}) != len(own_rates):
                 raise ValueError(f"methods.{key}.rates has duplicates: {own_rates}")
+        needed_key(cfg, key)  # a method that reads another method's runs needs a provider
         if cls.reuses:
             providers = [k for k, e in cfg["methods"].items() if e.get("method", k) == cls.reuses]
             if not providers:
@@ -273,6 +277,23 @@ def reused_key(cfg: dict, key: str) -> str | None:
     if not providers:
         raise ValueError(f"method key {key!r} reuses {reuses!r}, which no methods entry provides")
     return reuses if reuses in providers else providers[0]
+
+
+def needed_key(cfg: dict, key: str) -> str | None:
+    """The config key whose train run (same task and seed) this key's train run reads, or None.
+
+    For methods with ``needs_run`` (critical-layer finetuning without explicit layers). The
+    provider is chosen as for ``reused_key``: the key named like the method, else the first.
+    """
+    name, options, _ = method_entry(cfg, key)
+    cls = _method_class_of(cfg, key)
+    if not cls.needs_run_for(options):
+        return None
+    providers = [k for k in cfg["methods"] if method_entry(cfg, k)[0] == cls.needs_run]
+    if not providers:
+        raise ValueError(f"methods.{key}: method {name!r} reads the runs of {cls.needs_run!r}, but no methods "
+                         f"entry has `method: {cls.needs_run}`; add one (or give `{cls.run_option}`)")
+    return cls.needs_run if cls.needs_run in providers else providers[0]
 
 
 def source_key(cfg: dict, key: str) -> str | None:
@@ -392,6 +413,8 @@ def _coerce_training(values: dict) -> dict:
             out[key] = int(out[key])
             if out[key] < 1:
                 raise ValueError(f"training.{key} must be null or a positive integer, got {values[key]!r}")
+    if not isinstance(out["group_by_length"], bool):
+        raise ValueError(f"training.group_by_length must be true or false, got {values['group_by_length']!r}")
     if not 0.0 <= out["warmup_ratio"] <= 1.0:
         raise ValueError(f"training.warmup_ratio must be in [0, 1], got {values['warmup_ratio']!r}")
     if out["precision"] not in PRECISIONS:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffprune import runner
+from diffprune.config import DEFAULT_HEAD_PATTERN
 from diffprune.atomic import publish_dir, write_json
 from diffprune.storage import BaseModelMismatch
 
@@ -57,6 +58,7 @@ def write_config(tmp_path, extra_training: str = "") -> str:
           full_finetuning:
           nonadaptive: {{method: nonadaptive_diff_pruning}}
           structured: {{method: diff_pruning, structured: true}}
+          critical: {{method: critical_layers, num_layers: 1}}
     """))
     return str(path)
 
@@ -242,6 +244,22 @@ def test_linear_schedule_and_epoch_order():
     assert sorted(runner.epoch_order(10, seed=3, epoch=1)) == list(range(10))
 
 
+def test_length_grouped_batches_cover_the_epoch_and_pad_less():
+    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
+    plain = runner.epoch_batches(1000, 8, seed=1, epoch=0)
+    grouped = runner.epoch_batches(1000, 8, seed=1, epoch=0, lengths=lengths)
+    assert plain == [runner.epoch_order(1000, 1, 0)[i:i + 8] for i in range(0, 1000, 8)]
+    assert sorted(i for batch in grouped for i in batch) == list(range(1000))
+    assert grouped == runner.epoch_batches(1000, 8, seed=1, epoch=0, lengths=lengths)
+    assert grouped != runner.epoch_batches(1000, 8, seed=1, epoch=1, lengths=lengths)
+
+    def padded_tokens(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    # every batch padded to its longest member: grouping must waste far fewer tokens
+    assert padded_tokens(grouped) < 0.6 * padded_tokens(plain)
+
+
 def test_publish_dir_is_all_or_nothing(tmp_path):
     tmp, final = tmp_path / "run.tmp", tmp_path / "run"
     tmp.mkdir()
@@ -256,3 +274,22 @@ def test_publish_dir_is_all_or_nothing(tmp_path):
     with pytest.raises(ValueError):  # NaN is not JSON: refused rather than written
         write_json(tmp_path / "x.json", {"x": float("nan")})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_critical_layers_ranks_by_the_full_finetuning_run_of_its_task_and_seed(reference, tmp_path):
+    from diffprune.layers import layer_of
+
+    config, ff_run = reference["config"], reference["out"]
+    with pytest.raises(ValueError, match="pass its run directory with --from"):
+        runner.plan_train(config, "rte", "critical", 0, tmp_path / "c")
+    with pytest.raises(ValueError, match="seed 1"):
+        runner.plan_train(config, "rte", "critical", 1, tmp_path / "c", needed_dir=ff_run)
+    with pytest.raises(ValueError, match="only for methods that read another run"):
+        runner.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "c", needed_dir=ff_run)
+    metrics = runner.execute(runner.plan_train(config, "rte", "critical", 0, tmp_path / "c", needed_dir=ff_run))
+    assert metrics["config"]["method"]["options"]["ranking"] == str(ff_run)
+    distances = json.loads((ff_run / "stats.json").read_text())["per_layer_distance"]
+    competing = {k: v["relative_l2"] for k, v in distances.items() if k == "embeddings" or k.startswith("layer_")}
+    most_moved = max(competing, key=competing.get)
+    trained = {layer_of(name, DEFAULT_HEAD_PATTERN) for name in tensors(tmp_path / "c" / "critical_layers.safetensors")}
+    assert trained == {most_moved, "head"}

@@ -38,7 +38,7 @@ METHODS = {
     "nonadaptive_diff_pruning": {"method": "nonadaptive_diff_pruning"},
     "bitfit": {"method": "bitfit"},
     "lora": {"method": "lora", "rank": 2},
-    "critical_layers": {"method": "critical_layers", "layers": ["layer_1"]},
+    "critical_layers": {"method": "critical_layers", "num_layers": 1},  # ranked by full_finetuning
     "sparsification": {"method": "sparsification"},
 }
 

@@ -6,6 +6,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -151,6 +152,17 @@ def run_settings(task: str, key: str, phase: str) -> str:
 def source_run(wildcards) -> str:
     """The train run a prune run starts from: its own L0 phase, or the reused run."""
     return run_path(wildcards.task, settings.source_key(CFG, wildcards.key), wildcards.seed)
+
+
+def needed_run(wildcards) -> list[str]:
+    """The finished run a train run reads first (critical_layers: full finetuning), if any."""
+    needed = settings.needed_key(CFG, wildcards.key)
+    return [run_path(wildcards.task, needed, wildcards.seed)] if needed else []
+
+
+def needed_run_flag(wildcards, input) -> str:
+    """`--from DIR` for a train run that reads another run (a function of input: untracked)."""
+    return f"--from {shlex.quote(input.needed[0])}" if input.needed else ""
 
 
 def untracked(value):

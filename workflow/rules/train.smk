@@ -16,9 +16,11 @@
 rule train:
     input:
         data=lambda wildcards: ancient(data_manifest(wildcards.task)),
+        needed=needed_run,
     output:
         run=directory(TRAIN_RUN),
     params:
+        needed=needed_run_flag,
         python=untracked(PYTHON),
         config=untracked(CONFIG_FILE),
         data_env=data_env,
@@ -35,7 +37,7 @@ rule train:
     shell:
         shell_command(
             "train --config {params.config:q} --task {wildcards.task} --method-key {wildcards.key}",
-            "--seed {wildcards.seed} --out {output.run:q} > {log:q} 2>&1",
+            "--seed {wildcards.seed} {params.needed} --out {output.run:q} > {log:q} 2>&1",
         )
 
 
