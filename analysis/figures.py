@@ -23,7 +23,7 @@ import seaborn as sns  # noqa: E402
 from analysis.output import save_figure, write_csv  # noqa: E402
 from analysis.runset import (FULL_FINETUNING, AnalysisError, chosen_rate,  # noqa: E402
                              column_title, diff_pruning_variant, display_name, final_runs,
-                             format_rate, is_full_finetuning, ordered_layers, require_columns,
+                             format_percent, format_rate, is_full_finetuning, ordered_layers, require_columns,
                              score_columns, summarise_scores)
 from analysis.tables import Skipped  # noqa: E402
 
@@ -77,7 +77,13 @@ def figure1_average_vs_rate(summary: pd.DataFrame) -> Figure:
     if not any(c.startswith("scores.") for c in summary.columns):
         raise AnalysisError("summary lacks scores.<column> columns: nothing to average")
     full = runs[is_full_finetuning(runs)]
-    plotted = pd.concat([projected, full])
+    # The other dense methods are single points at their natural budget (new params / task).
+    baselines = runs[(runs["phase"] == "train") & ~is_full_finetuning(runs)]
+    if "new_params_pct" in baselines.columns:
+        baselines = baselines[baselines["new_params_pct"].gt(0)]
+    else:
+        baselines = baselines.iloc[0:0]
+    plotted = pd.concat([projected, baselines, full])
     columns = _score_average_columns(plotted)
     # Average only over tasks every plotted row has, so that the lines are comparable.
     has = {row: {c for c in columns if group[f"scores.{c}"].notna().any()} for row, group in plotted.groupby("row")}
@@ -92,7 +98,15 @@ def figure1_average_vs_rate(summary: pd.DataFrame) -> Figure:
     stats = summarise_scores(plotted, common, common)
     meta = plotted.groupby("row").agg(method_key=("method_key", "first"), method=("method", "first"),
                                       rate=("rate", "first"))
-    data = meta.join(stats.set_index("row"))[["method_key", "method", "rate", "avg", "avg_std", "avg_n"]].reset_index()
+    if "new_params_pct" in plotted.columns:
+        # budgets from the runs that are averaged (a SQuAD head has another size)
+        averaged = plotted[plotted[[f"scores.{c}" for c in common]].notna().any(axis=1)]
+        meta["new_params_pct"] = averaged.groupby("row")["new_params_pct"].mean()
+    else:
+        meta["new_params_pct"] = np.nan
+    meta["natural_budget"] = meta["method_key"].isin(set(baselines["method_key"]))
+    data = meta.join(stats.set_index("row"))[["method_key", "method", "rate", "new_params_pct", "natural_budget",
+                                              "avg", "avg_std", "avg_n"]].reset_index()
 
     _style()
     fig, ax = plt.subplots(figsize=(6.0, 4.2))
@@ -101,21 +115,34 @@ def figure1_average_vs_rate(summary: pd.DataFrame) -> Figure:
         line = line.sort_values("rate")
         ax.errorbar(line["rate"], line["avg"], yerr=line["avg_std"].fillna(0.0), marker="o", capsize=3,
                     label=display_name(key))
+    markers = ["s", "D", "^", "v", "P", "X", "*", "<", ">", "h"]
+    points = data[data["natural_budget"]].sort_values("new_params_pct")
+    for i, (_, row) in enumerate(points.iterrows()):
+        ax.errorbar([row["new_params_pct"]], [row["avg"]], yerr=[0.0 if row["avg_std"] != row["avg_std"] else row["avg_std"]],
+                    marker=markers[i % len(markers)], linestyle="none", capsize=3, color="0.35",
+                    markerfacecolor="white", markersize=7,
+                    label=f"{row['row']} ({format_percent(row['new_params_pct'])})")
     for _, row in data[data["method"] == FULL_FINETUNING].iterrows():
         ax.axhline(row["avg"], color="black", linestyle="--", linewidth=1.2, label=f"{row['row']} (100%)")
         if row["avg_std"] == row["avg_std"]:
             ax.axhspan(row["avg"] - row["avg_std"], row["avg"] + row["avg_std"], color="black", alpha=0.08)
     ax.set_xscale("log")
-    ax.set_xticks(rates)
-    ax.set_xticklabels([f"{format_rate(r)}%" for r in rates])
+    ticks = sorted(set(rates) | ({0.1, 1.0, 10.0} if not points.empty else set()))
+    low = min([*rates, *points["new_params_pct"]])
+    high = max([*rates, *points["new_params_pct"]])
+    ticks = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{format_rate(r)}%" for r in ticks])
     ax.minorticks_off()
-    ax.set_xlabel("target sparsity rate (% of pretrained parameters changed, log scale)")
+    ax.set_xlabel("% of pretrained parameters changed (log scale): diff pruning's target rate,\n"
+                  "other methods' new parameters per task (open markers)")
     ax.set_ylabel("average dev score (%)")
     ax.set_title("Average score vs. sparsity rate")
     # Outside the axes: the lines and the reference band stay readable.
     ax.legend(title="method", fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
     caption = ("Figure 1 (left): dev score averaged over " + ", ".join(map(column_title, common))
-               + " at each target rate; error bars: std over seeds of per-seed averages (when several seeds).")
+               + " at each target rate; open markers: the other methods at their natural budget; "
+               "error bars: std over seeds of per-seed averages (when several seeds).")
     return Figure("figure1_left_average_vs_rate", "Figure 1 (left): average score vs. sparsity rate",
                   caption, fig, data, notes)
 

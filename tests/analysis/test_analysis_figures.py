@@ -52,6 +52,9 @@ def test_average_vs_rate_uses_tasks_every_line_has(frames):
     # GLUE columns only (SQuAD is not a GLUE column): (89+79+80+50+69)/5
     assert data.loc["structured diff pruning @ 0.5%", "avg"] == pytest.approx(73.4)
     assert data.loc["full finetuning", "avg"] == pytest.approx((91 + 81 + 82 + 52 + 71) / 5)
+    # a dense baseline is one point at its natural budget (its new params / task)
+    assert bool(data.loc["adapters 64", "natural_budget"]) and data.loc["adapters 64", "new_params_pct"] == 3.0
+    assert data.loc["adapters 64", "avg"] == pytest.approx((88 + 78 + 79 + 40 + 60) / 5)
 
 
 def test_all_figures_written_as_nonempty_png_pdf(rendered):

@@ -85,13 +85,17 @@ def test_latex_is_booktabs_and_markdown_is_a_table(summary, tmp_path):
 
 def test_table2_structured_rates_in_order_full_finetuning_last(summary):
     table = table2_structured_rates(summary)
+    # the dense baselines sit between the rates and full finetuning, at their natural budget
     assert list(table.display["method"]) == ["structured diff pruning @ 0.5%", "structured diff pruning @ 1%",
-                                             "full finetuning"]
+                                             "adapters 64", "full finetuning"]
+    assert list(table.display["target rate"]) == ["0.5%", "1%", "(3%)", "100%"]
     numeric = table.numeric.set_index("row")
     # Table 2 averages every column, QNLI included
     assert numeric.loc["structured diff pruning @ 0.5%", "avg"] == pytest.approx((89 + 79 + 80 + 50 + 69) / 5)
-    assert list(numeric["paper_avg"]) == [84.8, 85.1, 85.0]
-    assert table.rule_before == [2]
+    assert numeric.loc["adapters 64", "avg"] == pytest.approx((88 + 78 + 79 + 40 + 60) / 5)
+    assert numeric["paper_avg"].tolist()[:2] == [84.8, 85.1] and numeric["paper_avg"].iloc[3] == 85.0
+    assert np.isnan(numeric["paper_avg"].iloc[2])
+    assert table.rule_before == [2, 3]
 
 
 def test_structured_flag_prefers_structured_column(summary_frame):
