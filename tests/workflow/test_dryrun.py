@@ -13,9 +13,32 @@ import yaml
 from diffprune import settings
 from diffprune.registry import METHODS
 
-from workflow_helpers import REPO, job_counts, run_snakemake, snakemake_env
+import shutil
+
+from workflow_helpers import REPO, job_counts, snakemake_env
+from workflow_helpers import run_snakemake as run_in
 
 pytestmark = pytest.mark.slow
+
+# Plans are made in a pristine copy of the workflow and the configs: the checkout's own
+# results/ and resources/ (after a `make reproduce`) would otherwise change what is planned.
+PRISTINE = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pristine(tmp_path_factory):
+    global PRISTINE
+    root = tmp_path_factory.mktemp("pristine")
+    shutil.copy(REPO / "Snakefile", root / "Snakefile")
+    for folder in ("workflow", "config"):
+        shutil.copytree(REPO / folder, root / folder)
+    PRISTINE = root
+    yield root
+    PRISTINE = None
+
+
+def run_snakemake(*args, **kwargs):
+    return run_in(*args, cwd=PRISTINE, **kwargs)
 
 CONFIGS = ["config/config.yaml", "config/cpu.yaml", "config/paper.yaml"]
 
