@@ -40,7 +40,7 @@ def pristine(tmp_path_factory):
 def run_snakemake(*args, **kwargs):
     return run_in(*args, cwd=PRISTINE, **kwargs)
 
-CONFIGS = ["config/config.yaml", "config/cpu.yaml", "config/paper.yaml"]
+CONFIGS = ["config/config.yaml", "config/cpu.yaml", "config/glue-small.yaml", "config/paper.yaml"]
 
 
 def expected_counts(config_file: str) -> dict[str, int]:
@@ -52,7 +52,7 @@ def expected_counts(config_file: str) -> dict[str, int]:
     counts = {
         "train": seeds * len(train_keys),
         # every projected key x rate x (task, seed): the L0 phase fans out, nothing repeats
-        "prune": seeds * len(projected) * len(cfg["rates"]),
+        "prune": seeds * sum(len(cfg["methods"][k].get("rates") or cfg["rates"]) for k in projected),
         "glue_data": len([t for t in cfg["tasks"] if t != "squad"]),
         "squad_data": int("squad" in cfg["tasks"]),
         "collect": 1, "tables": 1, "figures": 1, "readme": 1, "all": 1,
