@@ -33,28 +33,17 @@ def fill_uniform_(out: torch.Tensor, seed: int, step: int) -> torch.Tensor:
     On CPU the chunks are drawn concurrently: torch's CPU generator is single-threaded and
     drawing d ~ 2e7 numbers serially is the largest single cost of a diff-pruning step.
     """
-    chunks = out.chunk(NOISE_CHUNKS)
-
-    def draw(i: int) -> None:
-        g = torch.Generator(device=out.device).manual_seed(chunk_seed(seed, step, i))
-        chunks[i].uniform_(generator=g)
-
-    if out.device.type == "cpu" and torch.get_num_threads() > 1 and out.numel() > 1 << 16:
-        with ThreadPoolExecutor(max_workers=min(torch.get_num_threads(), NOISE_CHUNKS)) as pool:
-            list(pool.map(draw, range(len(chunks))))
-    else:
-        for i in range(len(chunks)):
-            draw(i)
-    return out
+    return draw_gate_sample_(out, [], seed, step)
 
 
 def draw_gate_sample_(out: torch.Tensor, alphas: list[tuple[int, torch.Tensor]], seed: int, step: int) -> torch.Tensor:
     """Fill the flat ``out`` with s = sigmoid(logit(u) + alpha) for the noise of (seed, step).
 
-    ``alphas`` lists (offset in ``out``, alpha tensor) for consecutive pieces of ``out``. The
-    uniform noise is exactly ``fill_uniform_``'s; the maths runs in fp32 one noise chunk at a
-    time, so ``out`` may be a lower precision (a 16-bit sample halves the biggest per-step
-    buffer of the L0 phase) and no d-sized fp32 temporary is made.
+    ``alphas`` lists (offset in ``out``, alpha tensor) for consecutive pieces of ``out``;
+    pieces it does not cover keep the bare uniform noise u (that is ``fill_uniform_``). The
+    maths runs in fp32 one noise chunk at a time, so ``out`` may be a lower precision (a
+    16-bit sample halves the biggest per-step buffer of the L0 phase) and no d-sized fp32
+    temporary is made.
     """
     starts = [offset for offset, _ in alphas]
     bounds = []

@@ -181,13 +181,10 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
     if expected_source is None:
         raise ValueError(f"method key {method_key!r} ({name}) is not projected: it has no prune phase")
     source_dir = Path(source_dir)
-    source_metrics = source_dir / "metrics.json"
-    if not source_metrics.is_file():
-        raise FileNotFoundError(f"--from {source_dir}: no metrics.json there (not a finished train run)")
+    source = _finished_run(source_dir, "--from")
     if not (source_dir / DENSE_DIFF_NAME).is_file():
         raise FileNotFoundError(f"--from {source_dir}: no {DENSE_DIFF_NAME} there; the train run of "
                                 f"{expected_source!r} writes it when a projected method uses it")
-    source = json.loads(source_metrics.read_text())
     if source.get("task") != task:
         raise ValueError(f"--from {source_dir} is a {source.get('task')!r} run, not {task!r}")
     if source.get("method_key") != expected_source:
