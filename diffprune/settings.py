@@ -10,7 +10,12 @@ Training settings resolve as (later wins)::
 
     built-in defaults (the paper's, section 4.3)
       < cfg.training < cfg.models[model].training < cfg.task_training[task]
-      < cfg.methods[key].training < command-line overrides (``--set``)
+      < cfg.methods[key].training < cfg.methods[key].task_training[task]
+      < command-line overrides (``--set``)
+
+``methods[key].task_training`` exists because a schedule that suits one method on one task
+may not suit another (e.g. adapters need more epochs than full finetuning on CoLA); only the
+runs of that key on that task change, so the workflow reruns only those.
 
 In the ``prune`` phase (fixed-mask finetuning after projection) ``learning_rate`` and
 ``epochs`` are taken from ``fixed_mask_learning_rate`` / ``fixed_mask_epochs``.
@@ -206,6 +211,13 @@ def validate_config(cfg: dict) -> None:
         if name not in METHODS:
             raise ValueError(f"methods.{key}: unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
         _check_training_section(f"methods.{key}.training", entry.get("training"))
+        per_task = entry.get("task_training")
+        if per_task is not None and not isinstance(per_task, dict):
+            raise ValueError(f"methods.{key}.task_training must map task names to training settings, got {per_task!r}")
+        for task, values in (per_task or {}).items():
+            if task not in TASK_NAMES:
+                raise ValueError(f"methods.{key}.task_training: unknown task {task!r}; known tasks: {', '.join(TASK_NAMES)}")
+            _check_training_section(f"methods.{key}.task_training.{task}", values)
         try:
             cls = method_class(name)
         except ImportError as error:
@@ -245,7 +257,15 @@ def method_entry(cfg: dict, key: str) -> tuple[str, dict, dict]:
     name = entry.pop("method", key)
     training = dict(entry.pop("training", None) or {})
     entry.pop("rates", None)  # which runs exist, not a method option (see rates_for)
+    entry.pop("task_training", None)  # per-task schedule, not a method option (see method_task_training)
     return name, entry, training
+
+
+def method_task_training(cfg: dict, key: str, task: str) -> dict:
+    """The training settings key ``key`` overrides on ``task`` alone (``methods[key].task_training``)."""
+    method_entry(cfg, key)  # unknown key -> the same clear error
+    per_task = (cfg["methods"][key] or {}).get("task_training") or {}
+    return dict(per_task.get(task) or {})
 
 
 def method_keys(cfg: dict) -> list[str]:
@@ -386,11 +406,12 @@ def resolve_training(cfg: dict, task: str, method_key: str | None, phase: str = 
         raise ValueError(f"phase must be 'train' or 'prune', got {phase!r}")
     check_task(task)
     method_training = method_entry(cfg, method_key)[2] if method_key is not None else {}
+    method_task = method_task_training(cfg, method_key, task) if method_key is not None else {}
     model = cfg["models"].get(model_key or cfg["model"], {})
     _check_training_section("--set", overrides)
     values = default_training(task)
     for layer in (cfg["training"], model.get("training"), cfg["task_training"].get(task),
-                  method_training, overrides):
+                  method_training, method_task, overrides):
         values.update(layer or {})
     if phase == "prune":
         values["learning_rate"] = values["fixed_mask_learning_rate"]

@@ -54,7 +54,8 @@ def test_resolution_order_and_prune_phase(tmp_path):
         training: {batch_size: 2, epochs: 4, learning_rate: 2e-5, warmup_ratio: 0.1, weight_decay: 0.01}
         task_training: {rte: {epochs: 5, max_train_examples: 100}}
         methods:
-          diff_pruning: {method: diff_pruning, structured: true, training: {epochs: 6, fixed_mask_epochs: 2}}
+          diff_pruning: {method: diff_pruning, structured: true, training: {epochs: 6, fixed_mask_epochs: 2},
+                         task_training: {cola: {epochs: 9, learning_rate: 3e-4}}}
           full_finetuning:
     """))
     train = settings.resolve_training(cfg, "rte", "diff_pruning")
@@ -68,6 +69,13 @@ def test_resolution_order_and_prune_phase(tmp_path):
     assert settings.resolve_training(cfg, "cola", "full_finetuning")["epochs"] == 7
     # --set overrides win over everything
     assert settings.resolve_training(cfg, "rte", "diff_pruning", overrides={"epochs": 1})["epochs"] == 1
+    # methods[K].task_training[task] over methods[K].training, for that key and task only
+    cola = settings.resolve_training(cfg, "cola", "diff_pruning")
+    assert cola["epochs"] == 9 and cola["learning_rate"] == 3e-4 and cola["fixed_mask_epochs"] == 2
+    assert settings.resolve_training(cfg, "cola", "full_finetuning")["learning_rate"] == 2e-5
+    assert settings.resolve_training(cfg, "cola", "diff_pruning", overrides={"epochs": 1})["epochs"] == 1
+    assert settings.method_task_training(cfg, "diff_pruning", "cola") == {"epochs": 9, "learning_rate": "3e-4"}
+    assert settings.method_task_training(cfg, "diff_pruning", "rte") == {}
 
     prune = settings.resolve_training(cfg, "rte", "diff_pruning", phase="prune")
     assert prune["learning_rate"] == 5e-5 and prune["epochs"] == 2
@@ -87,6 +95,10 @@ def test_resolution_order_and_prune_phase(tmp_path):
     ("training: {precision: fp8}\nmethods: {full_finetuning: }", "precision must be one of"),
     ("methods: {adapters: {method: adapters, bottlenek: 4}}", "no option(s) ['bottlenek']"),
     ("methods: {}", "methods is empty"),
+    ("methods: {full_finetuning: {task_training: {wnli: {epochs: 1}}}}",
+     "methods.full_finetuning.task_training: unknown task 'wnli'"),
+    ("methods: {full_finetuning: {task_training: {rte: {epoch: 1}}}}", "unknown training setting(s) ['epoch']"),
+    ("methods: {full_finetuning: {task_training: [rte]}}", "must map task names to training settings"),
     ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds must be a non-empty list"),
     ("unknown_section: 1\nmethods: {full_finetuning: }", "unknown top-level key"),
 ])
