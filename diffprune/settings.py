@@ -150,6 +150,13 @@ def _check_training_section(where: str, values: Any) -> None:
         raise ValueError(f"{where}: precision must be one of {PRECISIONS}, got {values['precision']!r}")
 
 
+def _check_task_keys(section: str, per_task: dict) -> None:
+    known_tasks = task_names()
+    for task in per_task:
+        if task not in known_tasks:
+            raise ValueError(f"unknown task {task!r} in {section}; known tasks: {' '.join(known_tasks)}")
+
+
 def validate_config(cfg: dict) -> None:
     """Raise ValueError with a clear message for anything the runner or workflow cannot run."""
     unknown = set(cfg) - set(TOP_LEVEL_KEYS)
@@ -163,9 +170,7 @@ def validate_config(cfg: dict) -> None:
         if task not in known_tasks:
             raise ValueError(f"unknown task {task!r} in tasks; known tasks: {' '.join(known_tasks)}")
     for section in ("task_seeds", "task_training"):
-        for task in cfg[section]:
-            if task not in known_tasks:
-                raise ValueError(f"unknown task {task!r} in {section}; known tasks: {' '.join(known_tasks)}")
+        _check_task_keys(section, cfg[section])
 
     for rate in cfg["rates"]:
         check_rate(rate)
@@ -214,9 +219,8 @@ def validate_config(cfg: dict) -> None:
         per_task = entry.get("task_training")
         if per_task is not None and not isinstance(per_task, dict):
             raise ValueError(f"methods.{key}.task_training must map task names to training settings, got {per_task!r}")
+        _check_task_keys(f"methods.{key}.task_training", per_task or {})
         for task, values in (per_task or {}).items():
-            if task not in TASK_NAMES:
-                raise ValueError(f"methods.{key}.task_training: unknown task {task!r}; known tasks: {', '.join(TASK_NAMES)}")
             _check_training_section(f"methods.{key}.task_training.{task}", values)
         try:
             cls = method_class(name)

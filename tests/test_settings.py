@@ -96,7 +96,7 @@ def test_resolution_order_and_prune_phase(tmp_path):
     ("methods: {adapters: {method: adapters, bottlenek: 4}}", "no option(s) ['bottlenek']"),
     ("methods: {}", "methods is empty"),
     ("methods: {full_finetuning: {task_training: {wnli: {epochs: 1}}}}",
-     "methods.full_finetuning.task_training: unknown task 'wnli'"),
+     "unknown task 'wnli' in methods.full_finetuning.task_training"),
     ("methods: {full_finetuning: {task_training: {rte: {epoch: 1}}}}", "unknown training setting(s) ['epoch']"),
     ("methods: {full_finetuning: {task_training: [rte]}}", "must map task names to training settings"),
     ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds must be a non-empty list"),
