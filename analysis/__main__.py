@@ -20,14 +20,16 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", required=True, help="summary CSV to write, e.g. results/<name>/summary.csv")
     collect.add_argument("--layers-out", help="per-layer CSV to write (default: layers.csv beside --out)")
 
-    for verb, what in (("tables", "tables 1-5 as CSV, Markdown and LaTeX"),
+    for verb, what in (("tables", "the claims table (CSV, Markdown) and tables 1-5 as CSV, Markdown and LaTeX"),
                        ("figures", "figures 1-3 and weight distance as PNG, PDF (+ CSV of the plotted data)")):
         sub = verbs.add_parser(verb, help=what)
         sub.add_argument("--summary", required=True, help="summary.csv from `collect`")
-        sub.add_argument("--layers", help="layers.csv from `collect` (per-layer figures skip without it)")
+        sub.add_argument("--layers", help="layers.csv from `collect` (without it the per-layer figures skip "
+                                          "and claims 7-8 are not testable)")
         sub.add_argument("--out-dir", required=True, help=f"results/<name>/{verb}")
 
-    readme = verbs.add_parser("readme", help="results/<name>/README.md showing every table and figure")
+    readme = verbs.add_parser("readme", help="results/<name>/README.md: the claims table first, then every "
+                                             "table and figure")
     readme.add_argument("--dir", required=True, help="results/<name> (holding summary.csv, tables/, figures/)")
     return parser
 

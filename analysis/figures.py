@@ -23,7 +23,8 @@ import seaborn as sns  # noqa: E402
 from analysis.output import save_figure, write_csv  # noqa: E402
 from analysis.runset import (FULL_FINETUNING, AnalysisError, chosen_rate,  # noqa: E402
                              column_title, diff_pruning_variant, display_name, final_runs,
-                             format_percent, format_rate, is_full_finetuning, ordered_layers, require_columns,
+                             format_percent, format_rate, is_full_finetuning, layer_counts, ordered_layers,
+                             require_columns,
                              score_columns, summarise_scores)
 from analysis.tables import Skipped  # noqa: E402
 
@@ -228,12 +229,7 @@ def structured_layer_shares(summary: pd.DataFrame, layers: pd.DataFrame) -> tupl
     require_columns(layers, ["nonzero"], "layers.csv (Figures 2 and 3)")
     rate = chosen_rate(runs["rate"])
     runs = runs[np.isclose(runs["rate"], rate)]
-    # Identity columns come from the summary (it knows the structured flag and the phase).
-    joined = layers.drop(columns=[c for c in ("task", "method_key", "method", "phase", "rate", "seed")
-                                  if c in layers.columns]) \
-        .merge(runs[["run_dir", "task", "method_key", "seed", "rate"]], on="run_dir")
-    joined["nonzero"] = pd.to_numeric(joined["nonzero"], errors="coerce")
-    joined = joined.dropna(subset=["nonzero"])
+    joined = layer_counts(layers, runs)
     if joined.empty:
         raise Skipped(f"no per-layer nonzero counts for structured diff pruning at {format_rate(rate)}%")
     totals = joined.groupby("run_dir")["nonzero"].transform("sum")

@@ -21,15 +21,19 @@ class Table:
     numeric: pd.DataFrame          # the same rows as numbers (means, stds, counts)
     notes: list[str] = field(default_factory=list)
     rule_before: list[int] = field(default_factory=list)  # row positions that open a new block
+    # The claims table is prose-heavy and not a paper table: no LaTeX for it.
+    formats: tuple[str, ...] = ("csv", "md", "tex")
+    prose: bool = False            # cells are sentences: left-align every Markdown column
 
     def files(self) -> list[str]:
-        return [f"{self.name}.csv", f"{self.name}.md", f"{self.name}.tex"]
+        return [f"{self.name}.{suffix}" for suffix in self.formats]
 
     def write(self, out_dir) -> list[Path]:
         out_dir = Path(out_dir)
-        return [write_csv(out_dir / f"{self.name}.csv", self.numeric),
-                write_text(out_dir / f"{self.name}.md", to_markdown(self)),
-                write_text(out_dir / f"{self.name}.tex", to_latex(self))]
+        writers = {"csv": lambda path: write_csv(path, self.numeric),
+                   "md": lambda path: write_text(path, to_markdown(self)),
+                   "tex": lambda path: write_text(path, to_latex(self))}
+        return [writers[suffix](out_dir / f"{self.name}.{suffix}") for suffix in self.formats]
 
 
 def _markdown_cell(value) -> str:
@@ -40,7 +44,7 @@ def to_markdown(table: Table) -> str:
     frame = table.display
     header = [_markdown_cell(c) for c in frame.columns]
     # Left-align the first (row name) column, right-align numbers.
-    align = [":---"] + ["---:"] * (len(header) - 1)
+    align = [":---"] + [":---" if table.prose else "---:"] * (len(header) - 1)
     lines = [f"**{table.title}.** {table.caption}", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for _, row in frame.iterrows():

@@ -10,6 +10,9 @@ Selection rules (the only places a method is recognised by name):
   (the last is where the runner records the method entry's options). No value anywhere
   counts as false.
 * unstructured diff pruning: ``method == "diff_pruning"`` and the flag is not truthy.
+* non-adaptive diff pruning, last layer, adapters (named only by the claims table, which
+  tests the paper's statements about them): ``method`` equal to the registry names
+  ``nonadaptive_diff_pruning``, ``last_layer``, ``adapters``.
 
 Every other ``method_key`` is shown as it is, one row (or line) per key, with the display
 name ``method_key`` with underscores turned into spaces; projected methods (those with
@@ -25,6 +28,9 @@ import pandas as pd
 
 FULL_FINETUNING = "full_finetuning"
 DIFF_PRUNING = "diff_pruning"
+NONADAPTIVE_DIFF_PRUNING = "nonadaptive_diff_pruning"
+LAST_LAYER = "last_layer"
+ADAPTERS = "adapters"
 STRUCTURED_FLAG_COLUMNS = ("structured", "config.method_options.structured", "config.method.options.structured")
 
 # Table columns in the paper's order (Table 1); MNLI reports two columns.
@@ -242,6 +248,17 @@ def chosen_rate(rates, preferred: float = 0.5) -> float | None:
     if not rates:
         return None
     return preferred if any(math.isclose(r, preferred) for r in rates) else rates[0]
+
+
+def layer_counts(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """The layers.csv rows of ``runs`` (summary rows) with a numeric ``nonzero`` (rows without
+    one dropped). Identity columns come from the summary: it knows the structured flag and
+    the phase, layers.csv does not."""
+    joined = layers.drop(columns=[c for c in ("task", "method_key", "method", "phase", "rate", "seed")
+                                  if c in layers.columns]) \
+        .merge(runs[["run_dir", "task", "method_key", "seed", "rate"]], on="run_dir")
+    joined["nonzero"] = pd.to_numeric(joined["nonzero"], errors="coerce")
+    return joined.dropna(subset=["nonzero"])
 
 
 def layer_sort_key(label: str) -> tuple:

@@ -12,7 +12,9 @@ is active in every forward pass after ``prepare``.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -20,7 +22,10 @@ from torch import nn
 
 from baselines.common import (check_learning_rate, check_positive_int, decay_groups,
                               head_parameter_names, save_tensors, trainable_named_parameters)
+from diffprune.layers import is_layer_norm
 from diffprune.methods import Method
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_NAME = "task"
 
@@ -61,6 +66,22 @@ class HoulsbyAdapters(Method):
         check_positive_int(self.name, "bottleneck", self.options["bottleneck"])
         check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
 
+    def check_model(self, model: nn.Module, head_pattern: str) -> None:
+        from adapters.wrappers.interfaces import get_adapter_interface
+        from adapters.wrappers.model import get_module_name
+
+        head_parameter_names(model, head_pattern)
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type is None:
+            raise ValueError("adapters (AdapterHub) needs a Hugging Face transformers model with a config; "
+                             "choose another method for this model")
+        name = get_module_name(model_type)
+        if (get_adapter_interface(model_type) is None
+                and importlib.util.find_spec(f"adapters.models.{name}.modeling_{name}") is None):
+            raise ValueError(f"the adapters library does not support model type {model_type!r}; choose another "
+                             "method (e.g. lora) for this model")
+        _reduction_factor(model.config.hidden_size, self.options["bottleneck"])
+
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         import adapters  # heavy; only loaded when this method is used
 
@@ -81,17 +102,23 @@ class HoulsbyAdapters(Method):
         if self.options["train_layer_norms"]:
             adapter_set = set(self.adapter_names)
             for module_name, module in model.named_modules():
-                if isinstance(module, nn.LayerNorm):
+                if is_layer_norm(module):
                     for param_name, _ in module.named_parameters(recurse=False):
                         full = f"{module_name}.{param_name}" if module_name else param_name
                         if full not in adapter_set and full not in head:
                             layer_norms.add(full)
         self.layer_norm_names = sorted(layer_norms)
+        if self.options["train_layer_norms"] and not layer_norms:
+            logger.warning("adapters: train_layer_norms is set but the model has no layer / RMS norm "
+                           "outside the head; only adapters and head train")
         self.head_names = sorted(head)
         keep = set(self.adapter_names) | layer_norms | head
         for name, param in model.named_parameters():
             param.requires_grad_(name in keep)
         return model
+
+    def report(self) -> dict:
+        return {"layer_norms": self.layer_norm_names, "adapter_parameters": len(self.adapter_names)}
 
     def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
         lr = check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])

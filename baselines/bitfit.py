@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning, check_learning_rate, decay_groups, trainable_named_parameters
-from diffprune.layers import layer_of
+from baselines.common import (SubsetFinetuning, check_learning_rate, decay_groups, is_head,
+                              trainable_named_parameters)
 
 
 class BitFit(SubsetFinetuning):
@@ -28,7 +28,11 @@ class BitFit(SubsetFinetuning):
 
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
         return {n for n, _ in model.named_parameters()
-                if n.rsplit(".", 1)[-1] == "bias" and layer_of(n, head_pattern) != "head"}
+                if n.rsplit(".", 1)[-1] == "bias" and not is_head(n, head_pattern)}
+
+    def nothing_selected(self) -> str:
+        return ("bitfit trains the bias terms, and this model has no bias parameters outside its head "
+                "(Llama-style models have none): choose another method for it, e.g. lora or adapters")
 
     def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
         lr = check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])

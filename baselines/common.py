@@ -29,7 +29,9 @@ def head_parameter_names(model: nn.Module, head_pattern: str) -> list[str]:
     if not names:
         # Without a head the model cannot learn the task at all; a wrong regex must not
         # silently produce a run that only trains (say) biases.
-        raise ValueError(f"no parameter matches the head pattern {head_pattern!r}")
+        raise ValueError(f"no parameter matches the head pattern {head_pattern!r}; the head is what the "
+                         "loader newly initialised (diffprune.models.resolve_head_pattern), or an explicit "
+                         "head_pattern that names it")
     return names
 
 
@@ -110,11 +112,21 @@ class SubsetFinetuning(Method):
         """Names of the pretrained (non-head) parameters to finetune."""
         raise NotImplementedError
 
+    def nothing_selected(self) -> str:
+        """Why ``select`` found nothing on a model, and what to do instead."""
+        return (f"method {self.name!r} selected no pretrained parameters to train on this model; "
+                "choose another method for it")
+
+    def check_model(self, model: nn.Module, head_pattern: str) -> None:
+        head_parameter_names(model, head_pattern)
+        if not self.select(model, head_pattern):
+            raise ValueError(self.nothing_selected())
+
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         head = set(head_parameter_names(model, head_pattern))
         chosen = self.select(model, head_pattern)
         if not chosen:
-            raise ValueError(f"method {self.name!r} selected no pretrained parameters to train")
+            raise ValueError(self.nothing_selected())
         self.trained_names = set_trainable(model, lambda n: n in chosen or n in head)
         self.head_names = sorted(head)
         return model

@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from baselines.common import SubsetFinetuning, check_positive_int
-from diffprune.layers import layer_of, layer_order
+from diffprune.layers import layer_labels, layer_order
 
 RANKING_METRICS = ("relative_l2", "angle_deg")
 RANKED_KINDS = ("embeddings",)  # besides the transformer blocks layer_0 .. layer_{L-1}
@@ -95,7 +95,7 @@ class CriticalLayers(SubsetFinetuning):
         return {"chosen_layers": self.chosen_layers}
 
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
-        labels = {n: layer_of(n, head_pattern) for n, _ in model.named_parameters()}
+        labels = layer_labels(model, head_pattern)
         available = set(labels.values()) - {"head"}
         if self.options["layers"] is not None:
             chosen = list(dict.fromkeys(self.options["layers"]))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from baselines.common import head_parameter_names, save_tensors, set_trainable
-from diffprune.layers import layer_order
+from diffprune.layers import layer_labels, layer_order
 from diffprune.methods import Method
 from diffprune.stats import layer_distances
 
@@ -22,6 +22,7 @@ class FullFinetuning(Method):
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         head = set(head_parameter_names(model, head_pattern))
         self.head_pattern = head_pattern
+        self.labels = layer_labels(model, head_pattern)
         set_trainable(model, lambda name: True)
         # theta_0 of every pretrained tensor, on the CPU so that a GPU run does not pay twice
         # the model's memory for it; the head is new, so it has no pretrained value to diff.
@@ -39,7 +40,7 @@ class FullFinetuning(Method):
     def stats(self, model: nn.Module) -> dict:
         """Per layer, how far finetuning moved the weights: {"per_layer_distance": {layer:
         {"relative_l2", "angle_deg"}}, "layer_order": [...]} (the head is new, so absent)."""
-        distances = layer_distances(self.pretrained, self.dense_diff(model), self.head_pattern)
+        distances = layer_distances(self.pretrained, self.dense_diff(model), self.head_pattern, self.labels)
         return {"per_layer_distance": distances, "layer_order": layer_order(distances)}
 
     def dense_diff(self, model: nn.Module) -> dict[str, torch.Tensor]:

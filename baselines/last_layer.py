@@ -1,19 +1,30 @@
-"""Last-layer finetuning: only the top transformer block (+ pooler) and the head train.
+"""Last-layer finetuning: only the top block (+ the final norm / pooler above it) and the head train.
 
 The paper: "only finetunes the penultimate layer (along with the final output layer)", i.e.
-the last pretrained block under the new classifier. BERT's pooler sits on top of that block
-and feeds the classifier, so by default it trains too (option ``include_pooler``).
+the last pretrained block under the new classifier. "The top block" is the last entry of
+the model's own block list (``diffprune.layers.block_prefixes``: BERT's ``encoder.layer``,
+Llama's ``model.layers``, ...). What sits between that block and the head trains with it:
+a final normalisation after the last block (Llama's ``model.norm``, GPT-2's ``ln_f``) always,
+since the head reads its output, and BERT's pooler by default (option ``include_pooler``).
+``report()`` (metrics.json's ``method_report``) names what was trained on this model.
 """
 from __future__ import annotations
 
+import logging
 import re
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning
-from diffprune.layers import layer_of
+from baselines.common import SubsetFinetuning, is_head
+from diffprune.layers import block_prefixes, is_layer_norm
+
+logger = logging.getLogger(__name__)
 
 _POOLER = re.compile(r"(^|\.)pooler(\.|$)")
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name.startswith(prefix + ".")
 
 
 class LastLayer(SubsetFinetuning):
@@ -23,23 +34,55 @@ class LastLayer(SubsetFinetuning):
     def option_defaults(cls) -> dict:
         return {
             # Train the pooler (a pretrained dense layer between the top block and the
-            # classifier). Note: the paper's 3.8% on BERT-large matches the top block alone
-            # (12.6M of 335M); set false to reproduce that count exactly.
+            # classifier) where the model has one. Note: the paper's 3.8% on BERT-large
+            # matches the top block alone (12.6M of 335M); set false to reproduce that count.
             "include_pooler": True,
         }
 
     def selection_metadata(self) -> dict:
         return {"top_block": self.top_block}
 
+    def report(self) -> dict:
+        return self.trained
+
+    def nothing_selected(self) -> str:
+        return ("last_layer found no block list in this model (a ModuleList / Sequential of repeated "
+                "blocks, e.g. encoder.layer or model.layers), so it has no \"last layer\"; choose "
+                "another method for it")
+
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
-        names = [n for n, _ in model.named_parameters()]
-        labels = {n: layer_of(n, head_pattern) for n in names}
-        blocks = [int(l.split("_")[1]) for l in labels.values() if l.startswith("layer_")]
+        blocks = block_prefixes(model, head_pattern)
         if not blocks:
-            raise ValueError("last_layer: found no transformer blocks (layer_N) among the parameter names")
-        top = f"layer_{max(blocks)}"
-        self.top_block = top
-        chosen = {n for n in names if labels[n] == top}
+            return set()
+        top = blocks[-1]
+        order = [n for n, _ in model.named_parameters()]
+        chosen = {n for n in order if _under(n, top)}
+        last_block_position = max(i for i, n in enumerate(order) if n in chosen)
+        position = {n: i for i, n in enumerate(order)}
+
+        # Norms after the last block and outside every block (BERT's embedding LayerNorm comes
+        # before the blocks, a T5 encoder's final norm before the decoder's last block).
+        final_norms = []
+        for module_name, module in model.named_modules():
+            if not module_name or not is_layer_norm(module) or any(_under(module_name, b) for b in blocks):
+                continue
+            own = [f"{module_name}.{p}" for p, _ in module.named_parameters()]
+            own = [n for n in own if n in position and not is_head(n, head_pattern)]
+            if own and min(position[n] for n in own) > last_block_position:
+                final_norms.append(module_name)
+                chosen |= set(own)
+
+        poolers = sorted({n.rsplit(".", 1)[0] for n in order if _POOLER.search(n) and not is_head(n, head_pattern)})
         if self.options["include_pooler"]:
-            chosen |= {n for n in names if labels[n] != "head" and _POOLER.search(n)}
+            chosen |= {n for n in order if _POOLER.search(n) and not is_head(n, head_pattern)}
+            if not poolers:
+                logger.warning("last_layer: include_pooler is set but the model has no pooler; "
+                               "trained the top block %s and its final norm only", top)
+        self.top_block = f"layer_{len(blocks) - 1}"
+        self.trained = {
+            "top_block": self.top_block, "top_block_module": top, "final_norm": final_norms,
+            "pooler": poolers if self.options["include_pooler"] else [],
+            "note": ("include_pooler: the model has no pooler" if self.options["include_pooler"] and not poolers
+                     else ""),
+        }
         return chosen

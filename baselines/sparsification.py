@@ -14,8 +14,6 @@ copy of the model is made. Per task only the zeroed positions (+ the head) are s
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -23,8 +21,9 @@ from torch.nn.utils import parametrize
 
 from baselines.common import (check_learning_rate, decay_groups, head_parameter_names, save_tensors,
                               trainable_named_parameters)
-from diffprune.layers import layer_of, layer_order
+from diffprune.layers import layer_labels, layer_order
 from diffprune.methods import Method
+from diffprune.projection import share_count  # the rounding rule of project, halves up
 
 
 def lowest_score_positions(scores: torch.Tensor, count: int) -> torch.Tensor:
@@ -75,10 +74,6 @@ class ZeroingMask(nn.Module):
         return lowest_score_positions(self.scores, self.zero_count)
 
 
-def _count_for_share(numel: int, share: float) -> int:
-    return int(math.floor(share * numel + 0.5))  # round half up, not Python's banker's rounding
-
-
 def apply_zeroed_positions(model: nn.Module, positions_file) -> int:
     """Zero the stored positions in a plain (unparametrized) model in place; return how many."""
     params = dict(model.named_parameters())
@@ -121,7 +116,8 @@ class Sparsification(Method):
 
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         head = set(head_parameter_names(model, head_pattern))
-        labels = {layer_of(n, head_pattern) for n, _ in model.named_parameters()}
+        label_of = layer_labels(model, head_pattern)
+        labels = set(label_of.values())
         selected = self.options["layers"]
         if selected is None:
             selected = [l for l in layer_order(labels) if l.startswith("layer_")]
@@ -136,7 +132,7 @@ class Sparsification(Method):
                 full = f"{module_name}.{param_name}" if module_name else param_name
                 owners.setdefault(id(param), []).append(full)
                 if (param_name == "weight" and param.ndim >= 2 and full not in head
-                        and layer_of(full, head_pattern) in selected):
+                        and label_of.get(full) in selected):
                     targets.append((module, full, param))
         if not targets:
             raise ValueError(f"sparsification: no >=2-D weights in layers {selected}")
@@ -151,7 +147,7 @@ class Sparsification(Method):
         self.masks: dict[str, ZeroingMask] = {}
         share = float(self.options["zero_share"])
         for module, full, _ in targets:
-            mask = ZeroingMask(module.weight, _count_for_share(module.weight.numel(), share))
+            mask = ZeroingMask(module.weight, share_count(share, module.weight.numel()))
             parametrize.register_parametrization(module, "weight", mask)
             self.masks[full] = mask
         # Names are taken after parametrizing: the head is untouched, so its names are stable.

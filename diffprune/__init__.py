@@ -4,7 +4,7 @@ The core API lives in submodules, imported where needed so that ``import diffpru
 the workflow's planning (``diffprune.settings``) stay free of torch:
 
 - ``diffprune.diff.DiffPrunedModel``: the L0 phase (gated diff on every pretrained tensor);
-- ``diffprune.projection.project_`` / ``FixedMaskModel``: exact-sparsity projection and
+- ``diffprune.projection.project`` / ``FixedMaskModel``: exact-sparsity projection and
   fixed-mask finetuning;
 - ``diffprune.storage``: sparse diff files (save, load, apply, revert);
 - ``diffprune.registry.METHODS``: every method the runner and the workflow know;

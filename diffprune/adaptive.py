@@ -5,7 +5,7 @@ Its run is the "source" of one projection + fixed-mask finetuning per sparsity r
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from torch import nn
 from diffprune.config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.methods import Method, adamw
+from diffprune.seeding import RunSeeds
 from diffprune.stats import diff_stats
 
 
@@ -25,6 +26,9 @@ class AdaptiveDiffPruning(Method):
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
         defaults = {f.name: f.default for f in fields(DiffPruningConfig) if f.name != "head_pattern"}
+        # None: the run's gate-noise stream (derived from the run seed) seeds the noise; an
+        # integer pins it whatever the run seed (to replay one noise sequence).
+        defaults["mask_seed"] = None
         # Learning rate of the gate log-odds alpha; None = the run's learning rate (the paper
         # uses one rate). A larger one lets gates actually close within a short CPU run.
         defaults["alpha_learning_rate"] = None
@@ -33,9 +37,21 @@ class AdaptiveDiffPruning(Method):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.model: DiffPrunedModel | None = None
+        self.gate_noise_seed: int | None = None
+
+    def use_run_seeds(self, seeds: RunSeeds) -> RunSeeds:
+        if self.options["mask_seed"] is None:
+            self.gate_noise_seed = seeds.gate_noise
+            return seeds
+        self.gate_noise_seed = int(self.options["mask_seed"])
+        return replace(seeds, gate_noise=self.gate_noise_seed)
 
     def _config(self, head_pattern: str) -> DiffPruningConfig:
-        values = {k: v for k, v in self.options.items() if k != "alpha_learning_rate"}
+        values = {k: v for k, v in self.options.items() if k not in ("alpha_learning_rate", "mask_seed")}
+        # Outside a run (no use_run_seeds call) an unpinned mask_seed keeps the config's default.
+        mask_seed = self.gate_noise_seed if self.gate_noise_seed is not None else self.options["mask_seed"]
+        if mask_seed is not None:
+            values["mask_seed"] = mask_seed
         return DiffPruningConfig(head_pattern=head_pattern, **values)
 
     def prepare(self, model: nn.Module, head_pattern: str) -> DiffPrunedModel:
@@ -72,14 +88,20 @@ class AdaptiveDiffPruning(Method):
 
     def stats(self, model: DiffPrunedModel) -> dict:
         head = sum(p.numel() for p in model.head_parameters().values())
-        stats = diff_stats(model.dense_diff(), model.head_pattern, head_numel=head)
+        from diffprune.layers import layer_labels
+
+        stats = diff_stats(model.dense_diff(), model.head_pattern, head_numel=head,
+                           labels=layer_labels(model.model, model.head_pattern))
         stats["expected_l0"] = float(model.expected_l0().detach())
         return stats
 
     def export(self, model: DiffPrunedModel, out_dir) -> dict[str, str]:
         from diffprune.storage import save_dense_diff
 
+        # The head and the task buffers (e.g. BatchNorm statistics, updated by training) are
+        # loaded whole into the base before projection, so the prune runs start from this model.
         head = {k: v.detach() for k, v in model.head_parameters().items()}
+        head.update({k: v.detach() for k, v in model.task_buffers().items()})
         save_dense_diff(Path(out_dir) / "dense_diff.safetensors", model.dense_diff(), head,
                         {"method": self.name, "options": self.options})
         return {"dense_diff": "dense_diff.safetensors"}

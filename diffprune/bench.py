@@ -23,7 +23,7 @@ from torch import nn
 from diffprune.config import DEFAULT_HEAD_PATTERN, DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.methods import adamw
-from diffprune.projection import project_
+from diffprune.projection import project
 from diffprune.runner import peak_memory_bytes
 
 
@@ -156,7 +156,7 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     del optimizer, groups
 
     # Fixed-mask phase: project to the rate, then train only the kept values (+ head).
-    fixed = project_(diff_model, rate)
+    fixed = project(diff_model, rate)
     del diff_model
     with PeakMemory(dev) as mem:
         for name, p in fixed.model.named_parameters():

@@ -19,7 +19,9 @@ class DiffPruningConfig:
     l0_lambda: float = field(default=1.25e-7, metadata={"help": "weight of the expected-L0 penalty"})
     structured: bool = field(default=False, metadata={"help": "add one gate per parameter tensor (the paper's groups)"})
     head_pattern: str = field(default=DEFAULT_HEAD_PATTERN, metadata={"help": "regex on parameter names: the task head, trained densely"})
-    mask_seed: int = field(default=0, metadata={"help": "seed of the one fixed noise sample used for evaluation and export"})
+    mask_seed: int = field(default=0, metadata={"help": "seed of the gate noise: training steps draw from "
+                                                "(mask_seed + 1, step), the fixed evaluation / export sample from "
+                                                "mask_seed; the runner derives it from the run seed"})
 
     def __post_init__(self) -> None:
         if not self.left < 0:

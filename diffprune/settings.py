@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from diffprune.config import DEFAULT_HEAD_PATTERN, check_rate
+from diffprune.config import check_rate
 
 # The task names, as diffprune.tasks.TASK_NAMES has them. Repeated here rather than imported
 # because importing the tasks package pulls in torch, scikit-learn and scipy (seconds), and
@@ -79,8 +79,9 @@ BUILTIN_MODELS: dict[str, dict] = {
     "minilm": {"source": "offline-minilm", "hub_id": "sentence-transformers/all-MiniLM-L6-v2"},
     "bert-large": {"source": "hub", "hub_id": "bert-large-cased"},
     "tiny-random": {"source": "tiny-random"},
+    "tiny-random-llama": {"source": "tiny-random-llama"},
 }
-MODEL_SOURCES = ("offline-minilm", "hub", "path", "tiny-random")
+MODEL_SOURCES = ("offline-minilm", "hub", "path", "tiny-random", "tiny-random-llama")
 
 TOP_LEVEL_KEYS = ("name", "model", "models", "tasks", "rates", "seeds", "task_seeds", "training",
                   "task_training", "methods", "data", "head_pattern")
@@ -131,7 +132,9 @@ def fill_defaults(raw: dict, default_name: str = "default") -> dict:
     for section in ("task_seeds", "training", "task_training", "methods"):
         cfg[section] = cfg.get(section) or {}
     cfg["data"] = {"glue_dir": None, "squad_dir": None, **(cfg.get("data") or {})}
-    cfg.setdefault("head_pattern", DEFAULT_HEAD_PATTERN)
+    # No pattern: the head is exactly what the loader newly initialised (diffprune.models);
+    # a pattern here is an explicit override for models whose loader cannot tell.
+    cfg.setdefault("head_pattern", None)
     # "full_finetuning:" with no body in YAML is None: the registry name is the key itself.
     cfg["methods"] = {key: (entry if entry is not None else {}) for key, entry in cfg["methods"].items()}
     return cfg
@@ -157,6 +160,11 @@ def _check_task_keys(section: str, per_task: dict) -> None:
             raise ValueError(f"unknown task {task!r} in {section}; known tasks: {' '.join(known_tasks)}")
 
 
+def _check_seed_list(where: str, seeds: Any) -> None:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"{where} must be a non-empty list of integers >= 0, got {seeds!r}")
+
+
 def validate_config(cfg: dict) -> None:
     """Raise ValueError with a clear message for anything the runner or workflow cannot run."""
     unknown = set(cfg) - set(TOP_LEVEL_KEYS)
@@ -177,8 +185,7 @@ def validate_config(cfg: dict) -> None:
     if len({float(r) for r in cfg["rates"]}) != len(cfg["rates"]):
         raise ValueError(f"rates has duplicates: {cfg['rates']}")
     for where, seeds in [("seeds", cfg["seeds"])] + [(f"task_seeds.{t}", s) for t, s in cfg["task_seeds"].items()]:
-        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise ValueError(f"{where} must be a non-empty list of integers >= 0, got {seeds!r}")
+        _check_seed_list(where, seeds)
 
     if cfg["model"] not in cfg["models"]:
         raise ValueError(f"unknown model key {cfg['model']!r}; defined models: {sorted(cfg['models'])}")
@@ -199,8 +206,9 @@ def validate_config(cfg: dict) -> None:
     import re
 
     try:
-        re.compile(cfg["head_pattern"])
-    except re.error as error:
+        if cfg["head_pattern"] is not None:
+            re.compile(cfg["head_pattern"])
+    except (re.error, TypeError) as error:
         raise ValueError(f"head_pattern is not a valid regular expression: {error}") from None
 
     if not cfg["methods"]:
@@ -220,6 +228,7 @@ def validate_config(cfg: dict) -> None:
         if per_task is not None and not isinstance(per_task, dict):
             raise ValueError(f"methods.{key}.task_training must map task names to training settings, got {per_task!r}")
         _check_task_keys(f"methods.{key}.task_training", per_task or {})
+        _check_method_tasks_and_seeds(cfg, key, entry)
         for task, values in (per_task or {}).items():
             _check_training_section(f"methods.{key}.task_training.{task}", values)
         try:
@@ -232,23 +241,65 @@ def validate_config(cfg: dict) -> None:
         if unknown_options:
             raise ValueError(f"methods.{key}: method {name!r} has no option(s) {sorted(unknown_options)}; "
                              f"it accepts {sorted(cls.option_defaults())}")
-        own_rates = entry.get("rates")
-        if own_rates is not None:
+        task_rates = entry.get("task_rates")
+        if task_rates is not None and not isinstance(task_rates, dict):
+            raise ValueError(f"methods.{key}.task_rates must map task names to rate lists, got {task_rates!r}")
+        _check_task_keys(f"methods.{key}.task_rates", task_rates or {})
+        for where, own_rates in [("rates", entry.get("rates"))] + [(f"task_rates.{t}", r) for t, r in (task_rates or {}).items()]:
+            if own_rates is None:
+                continue
             if not cls.projected:
-                raise ValueError(f"methods.{key}: `rates` applies only to projected methods (diff pruning "
-                                 f"and its variants); {name!r} does not fan out per rate")
+                raise ValueError(f"methods.{key}: `{where.split('.')[0]}` applies only to projected methods (diff "
+                                 f"pruning and its variants); {name!r} does not fan out per rate")
             if not isinstance(own_rates, list) or not own_rates:
-                raise ValueError(f"methods.{key}.rates must be a non-empty list of percentages, got {own_rates!r}")
+                raise ValueError(f"methods.{key}.{where} must be a non-empty list of percentages, got {own_rates!r}")
             for rate in own_rates:
                 check_rate(rate)
             if len({float(r) for r in own_rates}) != len(own_rates):
-                raise ValueError(f"methods.{key}.rates has duplicates: {own_rates}")
+                raise ValueError(f"methods.{key}.{where} has duplicates: {own_rates}")
         needed_key(cfg, key)  # a method that reads another method's runs needs a provider
         if cls.reuses:
             providers = [k for k, e in cfg["methods"].items() if e.get("method", k) == cls.reuses]
             if not providers:
                 raise ValueError(f"methods.{key}: method {name!r} reuses the runs of {cls.reuses!r}, "
                                  f"but no methods entry has `method: {cls.reuses}`; add one")
+    for key in cfg["methods"]:
+        _check_provider_runs(cfg, key)
+
+
+def _check_method_tasks_and_seeds(cfg: dict, key: str, entry: dict) -> None:
+    """``methods[K].tasks`` (a subset of the config's tasks) and ``methods[K].task_seeds``."""
+    own_tasks = entry.get("tasks")
+    if own_tasks is not None:
+        if not isinstance(own_tasks, list) or not own_tasks:
+            raise ValueError(f"methods.{key}.tasks must be a non-empty list of task names, got {own_tasks!r}")
+        outside = [t for t in own_tasks if t not in cfg["tasks"]]
+        if outside:
+            raise ValueError(f"methods.{key}.tasks names {outside}, which the config's `tasks` does not run "
+                             f"({cfg['tasks']}); add them there or drop them here")
+    own_seeds = entry.get("task_seeds")
+    if own_seeds is not None:
+        if not isinstance(own_seeds, dict):
+            raise ValueError(f"methods.{key}.task_seeds must map task names to seed lists, got {own_seeds!r}")
+        _check_task_keys(f"methods.{key}.task_seeds", own_seeds)
+        for task, seeds in own_seeds.items():
+            _check_seed_list(f"methods.{key}.task_seeds.{task}", seeds)
+
+
+def _check_provider_runs(cfg: dict, key: str) -> None:
+    """A key that reuses or reads another key's train runs must not ask for a (task, seed)
+    that the other key does not run."""
+    provider = reused_key(cfg, key) or needed_key(cfg, key)
+    if provider is None:
+        return
+    for task in method_tasks(cfg, key):
+        if task not in method_tasks(cfg, provider):
+            raise ValueError(f"methods.{key} runs on task {task!r}, but the {provider!r} runs it builds on "
+                             f"do not: add {task!r} to methods.{provider}.tasks or drop it from methods.{key}.tasks")
+        missing = sorted(set(seeds_for(cfg, task, key)) - set(seeds_for(cfg, task, provider)))
+        if missing:
+            raise ValueError(f"methods.{key} runs task {task!r} with seeds {missing}, which the {provider!r} runs "
+                             f"it builds on do not have: give methods.{provider} those seeds too")
 
 
 # ----------------------------------------------------------------------------- queries
@@ -261,7 +312,10 @@ def method_entry(cfg: dict, key: str) -> tuple[str, dict, dict]:
     name = entry.pop("method", key)
     training = dict(entry.pop("training", None) or {})
     entry.pop("rates", None)  # which runs exist, not a method option (see rates_for)
+    entry.pop("task_rates", None)  # which runs exist (see rates_for)
     entry.pop("task_training", None)  # per-task schedule, not a method option (see method_task_training)
+    entry.pop("tasks", None)  # which runs exist (see method_tasks)
+    entry.pop("task_seeds", None)  # which runs exist (see seeds_for)
     return name, entry, training
 
 
@@ -337,17 +391,28 @@ def needs_dense_diff(cfg: dict, key: str) -> bool:
     return any(source_key(cfg, other) == key for other in cfg["methods"])
 
 
-def seeds_for(cfg: dict, task: str) -> list[int]:
-    return list(cfg["task_seeds"].get(task) or cfg["seeds"])
+def method_tasks(cfg: dict, key: str) -> list[str]:
+    """The tasks key ``key`` runs on: its entry's ``tasks``, else every task of the config."""
+    own = (cfg["methods"].get(key) or {}).get("tasks")
+    return [t for t in cfg["tasks"] if own is None or t in own]
+
+
+def seeds_for(cfg: dict, task: str, key: str | None = None) -> list[int]:
+    """The seeds of ``task``: the method entry's ``task_seeds``, else the config's
+    ``task_seeds``, else ``seeds``."""
+    own = ((cfg["methods"].get(key) or {}).get("task_seeds") or {}).get(task) if key is not None else None
+    return list(own or cfg["task_seeds"].get(task) or cfg["seeds"])
 
 
 def rates(cfg: dict) -> list[float]:
     return [check_rate(r) for r in cfg["rates"]]
 
 
-def rates_for(cfg: dict, key: str) -> list[float]:
-    """The sparsity rates a projected key runs at: its entry's own ``rates``, else the config's."""
-    own = (cfg["methods"].get(key) or {}).get("rates")
+def rates_for(cfg: dict, key: str, task: str | None = None) -> list[float]:
+    """The sparsity rates a projected key runs at (on ``task``): its entry's ``task_rates``
+    for that task, else its own ``rates``, else the config's."""
+    entry = cfg["methods"].get(key) or {}
+    own = ((entry.get("task_rates") or {}).get(task) if task is not None else None) or entry.get("rates")
     return [check_rate(r) for r in own] if own is not None else rates(cfg)
 
 
@@ -487,11 +552,13 @@ def expand_runs(cfg: dict) -> list[dict]:
     runs = []
     for task in cfg["tasks"]:
         for key in cfg["methods"]:
-            for seed in seeds_for(cfg, task):
+            if task not in method_tasks(cfg, key):
+                continue
+            for seed in seeds_for(cfg, task, key):
                 if trains(cfg, key):
                     runs.append({"task": task, "key": key, "seed": seed, "rate": None, "phase": "train", "source_key": None})
                 src = source_key(cfg, key)
                 if src is not None:
-                    for rate in rates_for(cfg, key):
+                    for rate in rates_for(cfg, key, task):
                         runs.append({"task": task, "key": key, "seed": seed, "rate": rate, "phase": "prune", "source_key": src})
     return runs

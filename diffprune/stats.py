@@ -9,8 +9,12 @@ import torch
 from diffprune.layers import layer_of, layer_order
 
 
-def diff_stats(dense: dict[str, torch.Tensor], head_pattern: str | None = None, head_numel: int = 0) -> dict:
+def diff_stats(dense: dict[str, torch.Tensor], head_pattern: str | None = None, head_numel: int = 0,
+               labels: dict[str, str] | None = None) -> dict:
     """stats.json content for a (dense view of a) diff.
+
+    ``labels``: parameter name -> layer label from the model (``layers.layer_labels``);
+    names it lacks fall back to ``layer_of``.
 
     Groups are the paper's: one per parameter tensor (weight matrix / bias vector); a group
     is "entirely zero" when none of its diff entries is nonzero. The head, trained densely,
@@ -18,7 +22,7 @@ def diff_stats(dense: dict[str, torch.Tensor], head_pattern: str | None = None, 
     """
     per_tensor, per_layer = {}, {}
     for name, delta in dense.items():
-        layer = layer_of(name, head_pattern)
+        layer = (labels or {}).get(name) or layer_of(name, head_pattern)
         nonzero = int(torch.count_nonzero(delta).item())
         per_tensor[name] = {"numel": delta.numel(), "nonzero": nonzero, "layer": layer}
         bucket = per_layer.setdefault(layer, {"numel": 0, "nonzero": 0})
@@ -40,7 +44,7 @@ def diff_stats(dense: dict[str, torch.Tensor], head_pattern: str | None = None, 
 
 
 def layer_distances(base: dict[str, torch.Tensor], dense: dict[str, torch.Tensor],
-                    head_pattern: str | None = None) -> dict[str, dict[str, float]]:
+                    head_pattern: str | None = None, labels: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """Per layer: relative L2 ||delta|| / ||theta_0|| and the angle (degrees) between
     theta_0 and theta_0 + delta, each layer's tensors taken as one vector."""
     sums: dict[str, list[float]] = {}
@@ -48,7 +52,8 @@ def layer_distances(base: dict[str, torch.Tensor], dense: dict[str, torch.Tensor
         theta0 = base[name].detach().double().reshape(-1)
         d = delta.detach().double().reshape(-1)
         tuned = theta0 + d
-        acc = sums.setdefault(layer_of(name, head_pattern), [0.0, 0.0, 0.0, 0.0])
+        layer = (labels or {}).get(name) or layer_of(name, head_pattern)
+        acc = sums.setdefault(layer, [0.0, 0.0, 0.0, 0.0])
         acc[0] += float(d @ d)
         acc[1] += float(theta0 @ theta0)
         acc[2] += float(theta0 @ tuned)

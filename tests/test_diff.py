@@ -46,7 +46,7 @@ def test_gradients_match_plain_autograd(tiny_bert, tiny_batch):
             assert torch.allclose(got.grad, want.grad, atol=1e-7)
         if structured:
             assert torch.allclose(dm.group_alpha.grad, g_ref.grad, atol=1e-7)
-        dm.detach_hooks()
+        dm.release()
 
 
 def test_head_is_trained_densely_and_not_diffed(tiny_bert):
@@ -104,7 +104,7 @@ class ConvNet(nn.Module):
         return type("Out", (), {"loss": loss, "logits": logits})()
 
 
-def test_batchnorm_buffers_untouched_and_convnet_trains():
+def test_convnet_trains_with_batchnorm_statistics_as_task_state():
     torch.manual_seed(0)
     net = ConvNet()
     buffers = {k: v.clone() for k, v in net.named_buffers()}
@@ -118,12 +118,43 @@ def test_batchnorm_buffers_untouched_and_convnet_trains():
         (dm(x, labels=y).loss + dm.penalty()).backward()
         opt.step()
         opt.zero_grad()
-    for k, v in net.named_buffers():
-        assert torch.equal(v, buffers[k]), k
+    # the running statistics are the task's (trained on its batches), not the pretrained ones
+    assert not torch.equal(net.bn.running_mean, buffers["bn.running_mean"])
+    assert int(net.bn.num_batches_tracked) == 3
     for k, v in net.named_parameters():
         if not k.startswith("fc_out"):
             assert torch.equal(v, base[k]), k
     assert any(torch.count_nonzero(w) for w in dm.w)
+
+
+def test_export_sample_is_fp32_and_training_samples_16_bit():
+    """The fixed evaluation / export sample is computed in fp32: the exported mask and values
+    equal an fp32 reference (from a 16-bit sample ~1e-4 of the gates flip)."""
+    from diffprune.gates import fill_uniform_, hard_concrete
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(300, 300), nn.Linear(300, 2))
+    config = DiffPruningConfig(head_pattern=r"^1\.", mask_seed=3)
+    dm = DiffPrunedModel(net, config)
+    with torch.no_grad():
+        for w, alpha in zip(dm.w, dm.alpha):
+            w.normal_()
+            alpha.normal_(0, 2)
+    dm.train().resample(0)
+    assert dm.sample.dtype == torch.float16
+    exported = dm.dense_diff()
+    u = fill_uniform_(torch.empty(dm.diffed_params), seed=config.mask_seed, step=-1)
+    for slot in dm.slots:
+        u_slot = u[slot.offset: slot.offset + slot.numel].view(slot.shape)
+        z = hard_concrete(dm.alpha[slot.index].detach(), u_slot, config.left, config.right)
+        want = z * dm.w[slot.index].detach()
+        assert torch.equal(exported[slot.name] != 0, want != 0), slot.name
+        assert torch.allclose(exported[slot.name], want, rtol=0, atol=1e-5), slot.name
+    dm.eval()
+    with torch.no_grad():
+        x = torch.randn(2, 300)
+        merged = {n: p + exported[n] if n in exported else p for n, p in net.named_parameters()}
+        assert torch.allclose(dm(x), functional_call(net, merged, (x,)), atol=1e-5)
 
 
 def test_same_seed_same_mask_and_numbers(tiny_bert, tiny_batch):

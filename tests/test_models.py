@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -157,3 +158,142 @@ def test_offline_minilm():
     assert model.config.problem_type == "regression" and tokenizer.is_fast
     output = model(**collated_pairs(tokenizer, 2))
     assert output.logits.shape == (2, 1)
+
+
+# --- the task head is what the loader newly initialised ---------------------------------
+
+def _tiny_body(architecture):
+    """(a body model to save as the "pretrained" checkpoint, the task model class, its new head)."""
+    from transformers import (BartConfig, BartForSequenceClassification, BartModel, DistilBertConfig,
+                              DistilBertForSequenceClassification, DistilBertModel, LlamaConfig,
+                              LlamaForSequenceClassification, LlamaModel)
+
+    torch.manual_seed(0)
+    if architecture == "distilbert":
+        config = DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32, max_position_embeddings=32)
+        return DistilBertModel(config), DistilBertForSequenceClassification, {
+            "pre_classifier.weight", "pre_classifier.bias", "classifier.weight", "classifier.bias"}
+    if architecture == "bart":
+        config = BartConfig(vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                            decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=32)
+        return BartModel(config), BartForSequenceClassification, {
+            "classification_head.dense.weight", "classification_head.dense.bias",
+            "classification_head.out_proj.weight", "classification_head.out_proj.bias"}
+    config = LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32)
+    return LlamaModel(config), LlamaForSequenceClassification, {"score.weight"}
+
+
+class TinyConvNet(torch.nn.Module):
+    """torchvision ResNet's layout in miniature: stem, a stage of two residual-style blocks, ``fc``."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = torch.nn.BatchNorm2d(4)
+        self.layer1 = torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.BatchNorm2d(4))
+                                            for _ in range(2)))
+        self.fc = torch.nn.Linear(4, classes)
+
+    def forward(self, pixels):
+        hidden = torch.relu(self.bn1(self.conv1(pixels)))
+        for block in self.layer1:
+            hidden = torch.relu(hidden + block(hidden))
+        return self.fc(hidden.mean(dim=(2, 3)))
+
+
+def load_convnet_body(body_state: dict) -> torch.nn.Module:
+    """How a model built by hand declares its head: load the pretrained body, mark what it lacks."""
+    model = TinyConvNet()
+    missing, unexpected = model.load_state_dict(body_state, strict=False)
+    assert not unexpected
+    models.mark_new_parameters(model, missing)
+    return model
+
+
+def handled_as_head(model, head_pattern, expected_head):
+    """The head trains densely and is neither diffed, penalised, counted in d nor frozen."""
+    from baselines.common import head_parameter_names
+    from baselines.full_finetuning import FullFinetuning
+    from diffprune.config import DiffPruningConfig
+    from diffprune.diff import DiffPrunedModel
+
+    params = dict(model.named_parameters())
+    diffed = DiffPrunedModel(model, DiffPruningConfig(head_pattern=head_pattern))
+    assert set(diffed.head_names) == expected_head
+    assert not {slot.name for slot in diffed.slots} & expected_head           # not diffed, so not penalised
+    assert diffed.diffed_params == sum(p.numel() for n, p in params.items() if n not in expected_head)  # d
+    assert all(params[n].requires_grad for n in expected_head)                # trained densely
+    assert set(head_parameter_names(model, head_pattern)) == expected_head
+    full = FullFinetuning()
+    full.prepare(model, head_pattern)
+    assert not set(full.pretrained) & expected_head                           # no pretrained value to diff
+
+
+@pytest.mark.parametrize("architecture", ["distilbert", "bart", "llama"])
+def test_head_is_what_from_pretrained_newly_initialised(architecture, tmp_path):
+    body, task_class, expected_head = _tiny_body(architecture)
+    body.save_pretrained(tmp_path)
+    model = models.load_checkpoint(str(tmp_path), get_task("rte"), architecture)
+    assert isinstance(model, task_class)
+    assert set(models.new_parameter_names(model)) == expected_head
+    head_pattern = models.resolve_head_pattern(model, None, architecture)
+    handled_as_head(model, head_pattern, expected_head)
+
+
+def test_head_of_a_hand_built_convnet_is_its_fc():
+    body = {k: v for k, v in TinyConvNet().state_dict().items() if not k.startswith("fc.")}
+    model = load_convnet_body(body)
+    assert models.new_parameter_names(model) == ("fc.bias", "fc.weight")
+    handled_as_head(model, models.resolve_head_pattern(model, None, "convnet"), {"fc.weight", "fc.bias"})
+
+
+def test_head_pattern_matches_exactly_the_named_parameters():
+    pattern = models.head_pattern_for(["score.weight"])
+    assert re.search(pattern, "score.weight") and not re.search(pattern, "model.layers.0.score.weight")
+    assert not re.search(pattern, "scoreXweight")
+
+
+def test_no_head_found_is_an_error(tmp_path):
+    model = TinyConvNet()
+    with pytest.raises(ValueError, match="no task head found.*head_pattern"):
+        models.resolve_head_pattern(model, None, "convnet")  # built by hand, nothing marked
+    models.mark_new_parameters(model, [])
+    with pytest.raises(ValueError, match="no task head found"):
+        models.resolve_head_pattern(model, None, "convnet")
+    # an already finetuned checkpoint holds its head: the loader finds nothing new
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    LlamaForSequenceClassification(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                               intermediate_size=32, num_labels=2)).save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="no new rte head was initialised"):
+        models.load_checkpoint(str(tmp_path), get_task("rte"), "finetuned")
+
+
+def test_explicit_head_pattern_overrides_and_must_match(tiny_bert):
+    assert models.resolve_head_pattern(tiny_bert, r"(^|\.)classifier\.", "bert") == r"(^|\.)classifier\."
+    with pytest.raises(ValueError, match="matches no parameter of bert"):
+        models.resolve_head_pattern(tiny_bert, r"no_such_head", "bert")
+
+
+# --- decoders: no pad token ---------------------------------------------------------------
+
+def test_tiny_llama_pads_with_eos_and_tells_the_model():
+    model, tokenizer, model_id = models.load_pretrained({"source": "tiny-random-llama"}, "rte")
+    assert model_id == "tiny-random-llama" and models.build_tiny_llama_tokenizer().pad_token is None
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    assert model.config.pad_token_id == tokenizer.pad_token_id
+    assert models.new_parameter_names(model) == ("score.weight",)
+    encoded = tokenizer(["a b", "a longer one"])
+    batch = PaddingCollator(tokenizer.pad_token_id)([{k: encoded[k][i] for k in encoded} for i in range(2)])
+    output = model(**batch, labels=torch.tensor([0, 1]))
+    # each row is read at its last real token, not at a pad position
+    alone = model(input_ids=batch["input_ids"][:1, :len(encoded["input_ids"][0])]).logits
+    assert torch.allclose(output.logits[:1], alone, atol=1e-5) and torch.isfinite(output.loss)
+
+
+def test_tokenizer_without_pad_or_eos_is_a_clear_error():
+    tokenizer = models.build_tiny_llama_tokenizer()
+    tokenizer.eos_token = None
+    with pytest.raises(ValueError, match="neither a pad nor an EOS token"):
+        models.use_eos_as_pad(torch.nn.Linear(1, 1), tokenizer, "no-eos")

@@ -1,10 +1,11 @@
-"""project_: exact nonzero count, global top-k, O(nnz) fixed-mask training."""
+"""project: exact nonzero count, global top-k, O(nnz) fixed-mask training."""
 import pytest
 import torch
 
 from diffprune.config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
-from diffprune.projection import FixedMaskFinetuning, FixedMaskModel, kept_count, project_, top_k_positions
+from diffprune.projection import (FixedMaskFinetuning, FixedMaskModel, kept_count, project, share_count,
+                                  top_k_positions)
 
 
 def test_kept_count_and_rate_checks():
@@ -34,7 +35,7 @@ def test_project_keeps_exactly_round_rate_times_d(tiny_bert, tiny_batch):
         with torch.no_grad():
             for src, dst in zip(dm.w, model.w):
                 dst.copy_(src)
-        fixed = project_(model, rate)
+        fixed = project(model, rate)
         assert fixed.nonzeros == round(rate / 100 * d)
         assert fixed.diffed_params == d
         dense = fixed.dense_diff()
@@ -77,3 +78,45 @@ def test_fixed_mask_forward_equals_merged_weights(tiny_bert, tiny_batch):
         merged = {n: p + delta[n] if n in delta else p for n, p in tiny_bert.named_parameters()}
         want = functional_call(tiny_bert, merged, kwargs=tiny_batch).logits
     assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_top_k_breaks_ties_by_position_across_tensors():
+    # keep 3 of 5: both 2s, then the first of the three entries with |delta| = 1 (a[0], not a[2] or b[0])
+    dense = {"a": torch.tensor([1.0, 2.0, -1.0]), "b": torch.tensor([1.0, -2.0])}
+    positions = top_k_positions(dense, rate=60)
+    assert positions["a"].tolist() == [0, 1] and positions["b"].tolist() == [1]
+    # many ties: the lowest positions fill the places, wherever topk's pick would fall
+    signs = torch.where(torch.rand(3000, generator=torch.Generator().manual_seed(0)) < 0.5, -1.0, 1.0)
+    many = {"a": signs, "b": torch.ones(2000)}
+    positions = top_k_positions(many, rate=10)
+    assert positions["a"].tolist() == list(range(500)) and positions["b"].numel() == 0
+
+
+def test_top_k_refuses_a_diverged_dense_diff():
+    with pytest.raises(ValueError, match="dense diff of b holds NaN or inf"):
+        top_k_positions({"a": torch.ones(3), "b": torch.tensor([1.0, float("nan")])}, rate=50)
+
+
+def test_one_rounding_rule_halves_up_exactly_as_written():
+    assert share_count(0.5, 1) == 1 and share_count(0.25, 2) == 1       # round() gives 0 for both
+    assert share_count(0.1025, 600) == 62                                # 61.5: the float product is 61.4999...
+    assert share_count(0.1, 256) == 26 and share_count(0.1, 512) == 51
+    assert kept_count(0.5, 100) == 1                                     # 0.5 entries: a half, rounded up
+    assert kept_count(0.35, 1000) == 4                                   # 3.5 exactly, 3.4999... in floats
+    assert kept_count(100, 7) == 7 and kept_count(0.001, 10) == 0
+
+
+def test_project_releases_the_old_wrapper_loudly(tiny_bert, tiny_batch):
+    dm = DiffPrunedModel(tiny_bert, DiffPruningConfig(alpha_init=5.0))
+    with torch.no_grad():
+        for w in dm.w:
+            w.normal_(0, 0.1)
+    fixed = project(dm, 10.0)
+    assert fixed.model is tiny_bert  # the pretrained model is reused, not copied
+    for use in (lambda: dm(**tiny_batch), dm.dense_diff, dm.expected_l0):
+        with pytest.raises(RuntimeError, match="released"):
+            use()
+    assert len(dm.w) == 0 and len(dm.alpha) == 0  # its O(d) state is freed
+    with pytest.raises(RuntimeError, match="released"):
+        project(dm, 10.0)
+    fixed(**tiny_batch)  # the returned model is the one to use

@@ -6,17 +6,20 @@ The model is the tiny random BERT (models.py, source ``tiny-random``) and the da
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffprune import runner
 from diffprune.config import DEFAULT_HEAD_PATTERN
 from diffprune.atomic import publish_dir, write_json
-from diffprune.storage import BaseModelMismatch
+from diffprune.storage import BaseModelMismatch, DiffFileError, TaskMismatch, read_header
 
 WORDS = "the a cat dog sat on mat big small red blue house tree runs walks near far".split()
 
@@ -134,7 +137,7 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(reference, tmp_path, mo
     monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")  # crash in epoch 2, one step after a checkpoint
     with pytest.raises(runner.SimulatedCrash):
         runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
-    checkpoint = torch.load(out.with_name("resumed.tmp") / runner.CHECKPOINT_NAME, weights_only=False)
+    checkpoint = runner.load_checkpoint(out.with_name("resumed.tmp") / runner.CHECKPOINT_NAME)
     assert (checkpoint["step"], checkpoint["epoch"], checkpoint["groups_done"]) == (4, 1, 0)
     assert not out.exists()
 
@@ -156,6 +159,113 @@ def test_checkpoint_of_another_configuration_is_refused(reference, tmp_path, mon
     with pytest.raises(ValueError, match="different run configuration"):
         runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out,
                                          {"checkpoint_every_steps": 2, "learning_rate": 0.5}))
+
+
+class _Hostile:
+    """Unpickling this writes ``marker``: the stand-in for code a pickle can run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "unpickled"))
+
+
+def test_resume_never_unpickles(reference, tmp_path, monkeypatch, capsys):
+    """A pickle placed where checkpoints used to live (checkpoint.pt), or under the current
+    checkpoint name, is never executed; resuming reads safetensors + JSON only."""
+    out = tmp_path / "resumed"
+    tmp = out.with_name("resumed.tmp")
+    marker = tmp_path / "pwned"
+    overrides = {"checkpoint_every_steps": 2}
+    monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")
+    with pytest.raises(runner.SimulatedCrash):
+        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+    monkeypatch.delenv(runner.CRASH_HOOK_ENV)
+    torch.save(_Hostile(marker), tmp / "checkpoint.pt")
+    capsys.readouterr()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something unpickled while resuming")
+
+    with monkeypatch.context() as patched:
+        for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
+            patched.setattr(module, name, refuse)
+        metrics = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+    assert not marker.exists()
+    log = capsys.readouterr().err
+    assert "old pickle format: not read" in log and "resuming from" in log and "step 4/8" in log
+    assert metrics["steps"] == 8
+    assert_same_tensors(tensors(out / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
+
+    hostile = tmp_path / "hostile" / runner.CHECKPOINT_NAME
+    hostile.parent.mkdir()
+    torch.save(_Hostile(marker), hostile)
+    with pytest.raises(ValueError, match="is not a diffprune checkpoint"):
+        runner.load_checkpoint(hostile)
+    assert not marker.exists()
+
+
+def test_checkpoint_round_trip_of_optimizer_scheduler_and_rng_is_exact(tmp_path):
+    import numpy as np
+
+    from diffprune.methods import adamw
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+
+    def optimizer_for(module):
+        groups = [{"params": [module[0].weight, module[1].weight], "weight_decay": 0.01},
+                  {"params": [module[0].bias, module[1].bias], "weight_decay": 0.0, "lr": 5e-3}]
+        optimizer = adamw(groups, lr=1e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, runner.linear_schedule(10, 2))
+        return optimizer, scheduler
+
+    def one_step(module, optimizer, scheduler):
+        module(torch.randn(5, 4)).square().sum().backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    optimizer, scheduler = optimizer_for(model)
+    for _ in range(3):
+        one_step(model, optimizer, scheduler)
+    path = tmp_path / runner.CHECKPOINT_NAME
+    runner.save_checkpoint(path, {"format": runner.CHECKPOINT_FORMAT, "step": 3, "module": runner.trainable_state(model),
+                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                  "scaler": None, "rng": runner.rng_states(), "extra": {"note": [1.5, None]}})
+    with safe_open(str(path), framework="pt") as stored:  # safetensors + JSON, no pickle inside
+        assert stored.metadata()["format"] == "diffprune.checkpoint"
+    loaded = runner.load_checkpoint(path)
+    assert loaded["step"] == 3 and loaded["scaler"] is None and loaded["extra"] == {"note": [1.5, None]}
+
+    saved = optimizer.state_dict()
+    assert loaded["optimizer"]["param_groups"] == saved["param_groups"]
+    assert all(type(g["betas"]) is tuple for g in loaded["optimizer"]["param_groups"])
+    assert loaded["optimizer"]["state"].keys() == saved["state"].keys()
+    for index, entry in saved["state"].items():
+        assert set(loaded["optimizer"]["state"][index]) == {"step", "exp_avg", "exp_avg_sq"} == set(entry)
+        for key, value in entry.items():
+            restored = loaded["optimizer"]["state"][index][key]
+            assert restored.dtype == value.dtype and torch.equal(restored, value), (index, key)
+    assert loaded["scheduler"] == scheduler.state_dict()
+
+    # the same draws after restoring the RNG states
+    expected = (random.random(), np.random.rand(), torch.rand(3))
+    runner.restore_rng_states(loaded["rng"])
+    again = (random.random(), np.random.rand(), torch.rand(3))
+    assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+    # a fresh model + optimizer resumed from the file continues bit-identically
+    resumed = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    resumed.load_state_dict(loaded["module"])
+    resumed_optimizer, resumed_scheduler = optimizer_for(resumed)
+    resumed_optimizer.load_state_dict(loaded["optimizer"])
+    resumed_scheduler.load_state_dict(loaded["scheduler"])
+    for module, opt, sched in ((model, optimizer, scheduler), (resumed, resumed_optimizer, resumed_scheduler)):
+        torch.manual_seed(7)
+        one_step(module, opt, sched)
+    assert_same_tensors(model.state_dict(), resumed.state_dict())
 
 
 def test_gradient_accumulation_and_max_steps(reference, tmp_path):
@@ -192,6 +302,15 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
         runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", reference["config"], "rte",
                                                      tmp_path / "other.json", model_key="other_base"))
     assert not (tmp_path / "other.json").exists()
+
+    # the diff names its task and labels; evaluating it as another task, or passing the dense
+    # hand-over file instead, is refused at planning time with what the file is
+    header = read_header(out / "diff.safetensors")
+    assert header["task"] == "rte" and header["labels"] == ["entailment", "not_entailment"]
+    with pytest.raises(TaskMismatch, match="is a diff for task 'rte', not 'mrpc'"):
+        runner.plan_evaluate(out / "diff.safetensors", reference["config"], "mrpc", tmp_path / "mrpc.json")
+    with pytest.raises(DiffFileError, match="is a dense diff .* evaluate and apply_diff_ take the diff.safetensors"):
+        runner.plan_evaluate(reference["out"] / runner.DENSE_DIFF_NAME, reference["config"], "rte", tmp_path / "d.json")
 
 
 def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path):
@@ -293,3 +412,20 @@ def test_critical_layers_ranks_by_the_full_finetuning_run_of_its_task_and_seed(r
     most_moved = max(competing, key=competing.get)
     trained = {layer_of(name, DEFAULT_HEAD_PATTERN) for name in tensors(tmp_path / "c" / "critical_layers.safetensors")}
     assert trained == {most_moved, "head"}
+
+
+def test_run_seeds_are_derived_and_recorded(reference, tmp_path):
+    """Every stream follows the run seed; the data subsample does not (seeds share examples)."""
+    seed0 = reference["metrics"]
+    seed1 = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 1, tmp_path / "seed1"))
+    assert seed0["seeds"] == {**runner.derive_seeds(0).to_dict(), "data_subsample": 0}
+    assert seed1["seeds"]["run"] == 1 and seed1["seeds"]["data_subsample"] == 0
+    for stream in ("model_init", "data_order", "gate_noise"):
+        assert seed1["seeds"][stream] != seed0["seeds"][stream]
+    assert seed1["dataset_note"] == seed0["dataset_note"] and seed1["dev_examples"] == seed0["dev_examples"]
+
+
+def test_diff_pruning_records_the_gate_noise_seed_it_used(reference, tmp_path):
+    derived = runner.execute(runner.plan_train(reference["config"], "rte", "structured", 2, tmp_path / "d",
+                                               {"max_steps": 1}))
+    assert derived["seeds"]["gate_noise"] == runner.derive_seeds(2).gate_noise

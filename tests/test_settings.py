@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import re
+
 import pytest
 
 from diffprune import settings
@@ -152,6 +154,53 @@ def test_workflow_queries(tmp_path):
     assert len(trains) == 2 * 2 + 1 * 2          # rte: 2 seeds x 2 training keys; mrpc: 1 seed
     assert ("rte", "nonadaptive", 1, 0.5, "full_finetuning") in prunes
     assert len(prunes) == (2 + 1) * 2 * 2         # (seeds) x 2 projected keys x 2 rates
+
+
+def test_method_entries_choose_their_own_tasks_and_seeds(tmp_path):
+    cfg = settings.load_config(write(tmp_path, """
+        model: tiny-random
+        tasks: [rte, sst2, squad]
+        rates: [0.5]
+        methods:
+          full_finetuning: {method: full_finetuning, task_seeds: {sst2: [0, 1]}}
+          nonadaptive: {method: nonadaptive_diff_pruning, tasks: [rte, sst2]}
+          structured: {method: diff_pruning, structured: true, tasks: [sst2, squad], task_seeds: {sst2: [0, 1, 2]},
+                       task_rates: {squad: [1.0]}, rates: [0.1, 0.5]}
+    """))
+    assert settings.rates_for(cfg, "structured", "squad") == [1.0]
+    assert settings.rates_for(cfg, "structured", "sst2") == [0.1, 0.5] == settings.rates_for(cfg, "structured")
+    assert settings.rates_for(cfg, "nonadaptive", "rte") == [0.5]
+    assert settings.method_tasks(cfg, "structured") == ["sst2", "squad"]
+    assert settings.method_tasks(cfg, "full_finetuning") == ["rte", "sst2", "squad"]
+    assert settings.seeds_for(cfg, "sst2", "structured") == [0, 1, 2]
+    assert settings.seeds_for(cfg, "sst2", "nonadaptive") == [0] and settings.seeds_for(cfg, "sst2") == [0]
+    runs = {(r["task"], r["key"], r["seed"], r["phase"]) for r in settings.expand_runs(cfg)}
+    assert ("rte", "structured", 0, "train") not in runs and ("squad", "nonadaptive", 0, "prune") not in runs
+    assert {s for t, k, s, p in runs if (t, k, p) == ("sst2", "structured", "prune")} == {0, 1, 2}
+    prunes = [(r["task"], r["rate"]) for r in settings.expand_runs(cfg) if r["key"] == "structured" and r["phase"] == "prune"]
+    assert sorted(prunes) == [("squad", 1.0)] + [("sst2", rate) for rate in (0.1, 0.1, 0.1, 0.5, 0.5, 0.5)]
+    assert {s for t, k, s, p in runs if (t, k, p) == ("sst2", "full_finetuning", "train")} == {0, 1}
+    assert len(runs) == 4 + 2 + 2 * 3 + 2   # (task, key, seed, phase): full; nonadaptive; structured sst2 x3, squad
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{method: full_finetuning, tasks: [cola]}", "which the config's `tasks` does not run"),
+    ("{method: full_finetuning, tasks: []}", "non-empty list of task names"),
+    ("{method: full_finetuning, task_seeds: {rte: [-1]}}", "methods.ft.task_seeds.rte must be a non-empty list"),
+    ("{method: full_finetuning, task_seeds: {wnli: [0]}}", "unknown task 'wnli'"),
+    ("{method: full_finetuning, tasks: [sst2]}", "drop it from methods.nonadaptive.tasks"),
+    ("{method: full_finetuning, task_seeds: {rte: [1]}}", "give methods.ft those seeds too"),
+    ("{method: full_finetuning, task_rates: {rte: [1]}}", "`task_rates` applies only to projected methods"),
+])
+def test_method_tasks_and_seeds_are_checked(tmp_path, entry, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        settings.load_config(write(tmp_path, f"""
+            model: tiny-random
+            tasks: [rte, sst2]
+            methods:
+              ft: {entry}
+              nonadaptive: {{method: nonadaptive_diff_pruning}}
+        """))
 
 
 def test_reused_key_prefers_the_key_named_like_the_method(tmp_path):

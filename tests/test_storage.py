@@ -1,11 +1,19 @@
-"""Sparse diff files: round trip, bit-exact apply/revert, mismatched base refused."""
+"""Sparse diff files: round trip, bit-exact apply/revert, mismatched base refused, bad files refused
+before anything is written."""
+import json
+import re
+import warnings
+
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from diffprune.projection import FixedMaskModel
-from diffprune.storage import (BaseModelMismatch, apply_diff_, fingerprint, load_dense_diff, load_diff,
-                               save_dense_diff, save_diff)
+from diffprune.storage import (CHECKSUM_KEY, FORMAT, BaseModelMismatch, DiffFileError, TaskMismatch,
+                               UnverifiedDiffWarning, apply_diff_, check_task, fingerprint, load_dense_diff,
+                               load_diff, payload_sha256, read_header, save_dense_diff, save_diff)
 from tests.conftest import tiny_bert_config
+from tests.tiny_convnet import HEAD_PATTERN, pretrained_convnet, task_batch
 
 
 def _fresh_base():
@@ -82,3 +90,197 @@ def test_dense_diff_round_trip(tmp_path):
     d2, h2, meta = load_dense_diff(path)
     assert torch.equal(d2["x.weight"], diff["x.weight"]) and torch.equal(h2["classifier.bias"], head["classifier.bias"])
     assert meta == {"method": "m"}
+
+
+def _convnet_fixed_with_task_statistics():
+    """A fixed-mask ConvNet whose BatchNorm statistics are the task's (as after training)."""
+    model = pretrained_convnet()
+    torch.manual_seed(3)
+    dense = {n: torch.randn_like(p) * 0.05 for n, p in model.named_parameters() if not n.startswith("fc.")}
+    fixed = FixedMaskModel.from_dense(model, dense, rate=20.0, head_pattern=HEAD_PATTERN)
+    with torch.no_grad():
+        fixed.train()(task_batch(seed=1)[0])
+    return fixed.eval()
+
+
+def test_task_buffers_are_stored_applied_and_reverted_bit_exactly(tmp_path):
+    fixed = _convnet_fixed_with_task_statistics()
+    images, _ = task_batch(seed=2)
+    with torch.no_grad():
+        expected = fixed(images)
+    path = save_diff(tmp_path / "diff.safetensors", fixed)
+    diff = load_diff(path)
+    assert diff.header["buffers"] == sorted(diff.buffers) == sorted(fixed.task_buffers())
+    assert torch.equal(diff.buffers["bn1.running_mean"], fixed.model.bn1.running_mean)
+    assert int(diff.buffers["bn1.num_batches_tracked"]) == int(fixed.model.bn1.num_batches_tracked)
+    fresh = pretrained_convnet()
+    pristine = {k: v.clone() for k, v in fresh.state_dict().items()}
+    handle = apply_diff_(fresh, diff)
+    with torch.no_grad():
+        assert torch.equal(fresh(images), expected)
+    handle.revert()
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, pristine[name]), name
+
+
+def test_a_task_buffer_the_model_lacks_is_refused_before_any_write(tmp_path):
+    diff = load_diff(save_diff(tmp_path / "diff.safetensors", _convnet_fixed_with_task_statistics()))
+    diff.buffers["bn1.running_mean"] = diff.buffers["bn1.running_mean"][:2]
+    diff.header["payload_sha256"] = None  # edited after loading on purpose: the shape check is under test
+    fresh = pretrained_convnet()
+    pristine = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(BaseModelMismatch, match=r"task buffer bn1\.running_mean"):
+        apply_diff_(fresh, diff)
+    assert all(torch.equal(v, pristine[k]) for k, v in fresh.state_dict().items())
+
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _assert_unchanged(model, before):
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def _rewrite(path, out, edit, version="2", checksum=True):
+    """A copy of a diff file with ``edit(tensors, header)`` applied; its checksum recomputed so
+    that the structural checks, not the checksum, are what a bad payload meets."""
+    header = read_header(path)
+    tensors = load_file(str(path))
+    edit(tensors, header)
+    header.pop(CHECKSUM_KEY, None)
+    if checksum:
+        header[CHECKSUM_KEY] = payload_sha256(tensors)
+    save_file(tensors, str(out), metadata={"format": FORMAT, "version": version, "header": json.dumps(header)})
+    return out
+
+
+def _last_diffed(path):
+    """The tensor apply_diff_ reaches last: a failure there comes after every other tensor."""
+    return list(load_diff(path).positions)[-1]
+
+
+def _set(key, make):
+    def edit(tensors, header):
+        tensors[key] = make(tensors[key])
+    return edit
+
+
+BAD_PAYLOADS = {
+    "out of range": (lambda n: _set(f"diff.{n}.positions", lambda p: torch.cat([p[:-1], p.new_tensor([10**6])])),
+                     r"positions of {n} must lie in \[0, \d+\), found 1000000"),
+    "negative": (lambda n: _set(f"diff.{n}.positions", lambda p: torch.cat([p.new_tensor([-1]), p[1:]])),
+                 r"positions of {n} must lie in .* found -1"),
+    "duplicate": (lambda n: _set(f"diff.{n}.positions", lambda p: torch.cat([p[:1], p[:-1]])),
+                  r"positions of {n} repeat an entry"),
+    "not finite": (lambda n: _set(f"diff.{n}.values", lambda v: torch.cat([v[:-1], v.new_tensor([float("nan")])])),
+                   r"values of {n} are not all finite"),
+    "one value broadcast": (lambda n: _set(f"diff.{n}.values", lambda v: v[:1].clone()),
+                            r"{n} has \d+ positions but 1 values"),
+    "float positions": (lambda n: _set(f"diff.{n}.positions", lambda p: p.float()),
+                        r"positions of {n} must be a 1-D int32/int64 tensor"),
+    "head shape": (lambda n: _set("head.classifier.weight", lambda h: h[:1].clone()),
+                   r"head tensor classifier.weight has shape \(1, 16\) in the diff"),
+    "integer head": (lambda n: _set("head.classifier.bias", lambda h: h.to(torch.int64)),
+                     r"head tensor classifier.bias is int64 in the diff, float32 in the model"),
+    "head also diffed": (lambda n: (lambda t, h: t.update({"diff.classifier.weight.positions": torch.tensor([0]),
+                                                            "diff.classifier.weight.values": torch.tensor([1.0])})),
+                         r"classifier.weight is both diffed and stored as a head tensor"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_PAYLOADS))
+def test_a_bad_payload_is_refused_before_anything_is_written(tmp_path, kind):
+    path = save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()), model_id="tiny")
+    last = _last_diffed(path)
+    make_edit, message = BAD_PAYLOADS[kind]
+    bad = _rewrite(path, tmp_path / "bad.safetensors", make_edit(last))
+    base = _fresh_base()
+    before = _state(base)
+    with pytest.raises((DiffFileError, BaseModelMismatch)) as error:
+        apply_diff_(base, load_diff(bad))
+    assert str(bad) in str(error.value)                        # the file ...
+    assert re.search(message.format(n=re.escape(last)), str(error.value)), str(error.value)  # ... and the tensor
+    _assert_unchanged(base, before)                            # all or nothing: the shared base is untouched
+
+
+def test_flipped_bytes_are_refused(tmp_path):
+    path = save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()), model_id="tiny")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's data
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(DiffFileError, match=f"{re.escape(str(flipped))}: the tensor payload does not match its checksum"):
+        load_diff(flipped)
+    # a diff changed in memory after loading is refused by apply_diff_ itself, before writing
+    diff = load_diff(path)
+    name = next(iter(diff.values))
+    diff.values[name][0] += 1.0
+    base = _fresh_base()
+    before = _state(base)
+    with pytest.raises(DiffFileError, match="do not match the payload checksum"):
+        apply_diff_(base, diff)
+    _assert_unchanged(base, before)
+
+
+def test_version_1_files_are_applied_with_a_warning_and_a_stripped_checksum_is_refused(tmp_path, tiny_batch):
+    fixed = _trained_fixed(_fresh_base())
+    path = save_diff(tmp_path / "d.safetensors", fixed, model_id="tiny")
+    with torch.no_grad():
+        expected = fixed(**tiny_batch).logits
+
+    def as_version_1(tensors, header):
+        for key in ("task", "labels"):
+            header.pop(key)
+
+    old = _rewrite(path, tmp_path / "v1.safetensors", as_version_1, version="1", checksum=False)
+    with pytest.warns(UnverifiedDiffWarning, match="version-1 diffprune file: it has no payload checksum"):
+        diff = load_diff(old)
+    base = _fresh_base()
+    apply_diff_(base, diff)
+    with torch.no_grad():
+        assert torch.equal(base(**tiny_batch).logits, expected)
+    with pytest.warns(UnverifiedDiffWarning, match="does not say which task"):
+        check_task(diff.header, "rte", source=str(old))
+    stripped = _rewrite(path, tmp_path / "stripped.safetensors", lambda t, h: None, checksum=False)
+    with pytest.raises(DiffFileError, match="without payload_sha256"):
+        load_diff(stripped)
+
+
+def test_a_diff_for_another_task_or_label_set_is_refused(tmp_path):
+    fixed = _trained_fixed(_fresh_base())
+    path = save_diff(tmp_path / "d.safetensors", fixed, task="rte", labels=["entailment", "not_entailment"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a version-2 file with its task: nothing to warn about
+        assert load_diff(path, task="rte", labels=["entailment", "not_entailment"]).header["task"] == "rte"
+    with pytest.raises(TaskMismatch, match="is a diff for task 'rte', not 'qnli'"):
+        load_diff(path, task="qnli")
+    with pytest.raises(TaskMismatch, match=r"labels \['entailment', 'not_entailment'\].*\['not_entailment', 'entailment'\]"):
+        load_diff(path, task="rte", labels=["not_entailment", "entailment"])
+
+
+def test_files_that_are_not_sparse_diffs_say_what_they_are(tmp_path):
+    dense = save_dense_diff(tmp_path / "dense_diff.safetensors", {"x.weight": torch.ones(2)}, {}, {"method": "m"})
+    with pytest.raises(DiffFileError, match="is a dense diff .* take the diff.safetensors a prune run writes"):
+        load_diff(dense)
+    not_safetensors = tmp_path / "diff.safetensors"
+    not_safetensors.write_bytes(b"\x80\x04K\x01.")  # a pickle
+    with pytest.raises(DiffFileError, match="is not a safetensors file"):
+        load_diff(not_safetensors)
+    data = bytearray(dense.read_bytes())
+    data[-1] ^= 0x01
+    dense.write_bytes(bytes(data))
+    with pytest.raises(DiffFileError, match="does not match its checksum"):
+        load_dense_diff(dense)
+
+
+def test_a_dtype_only_mismatch_names_both_dtypes(tmp_path):
+    path = save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()), model_id="tiny")
+    base = _fresh_base().to(torch.bfloat16)
+    before = _state(base)
+    with pytest.raises(BaseModelMismatch, match=r"made for base model tiny in float32, .* in bfloat16: load the "
+                                                 r"pretrained weights in float32"):
+        apply_diff_(base, load_diff(path))
+    _assert_unchanged(base, before)

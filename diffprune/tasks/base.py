@@ -51,6 +51,11 @@ class PaddingCollator:
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
+        if pad_token_id is None:
+            # The usual case for decoder tokenizers; fail before the first batch, not inside it.
+            raise ValueError("the tokenizer has no pad token, so batches cannot be padded: set one (e.g. "
+                             "tokenizer.pad_token = tokenizer.eos_token, and model.config.pad_token_id to "
+                             "match), as diffprune.models.load_pretrained does")
         self.pad_token_id = int(pad_token_id)
         self.padding_side = padding_side
 

@@ -11,8 +11,10 @@ def test_tables_figures_readme(rendered):
     assert codes == {"tables": 0, "figures": 0, "readme": 0}
 
     tables = json.loads((results / "tables" / "index.json").read_text())
-    assert [t["name"] for t in tables["written"]] == ["table1_main", "table2_structured_rates",
+    assert [t["name"] for t in tables["written"]] == ["claims", "table1_main", "table2_structured_rates",
                                                       "table3_projection", "table4_squad", "table5_cost"]
+    assert (results / "tables" / "claims.csv").is_file() and (results / "tables" / "claims.md").is_file()
+    assert not (results / "tables" / "claims.tex").exists()
     for entry in tables["written"]:
         for name in entry["files"]:
             assert (results / "tables" / name).stat().st_size > 0
@@ -22,6 +24,11 @@ def test_tables_figures_readme(rendered):
     assert "squad: SQuAD v1.1 dev, article split" in readme
     assert "![Figure 2: modified parameters per layer, per task](figures/figure2_layer_share_by_task.png)" in readme
     assert "| full finetuning | 100% |" in readme  # table 1 embedded
+    # The claims table is the README's first section, and appears once.
+    sections = [line for line in readme.splitlines() if line.startswith("## ")]
+    assert sections[0] == "## The paper's claims"
+    assert readme.count("**The paper's claims, tested on this run set.**") == 1
+    assert "[csv](tables/claims.csv)" in readme
 
 
 def test_readme_lists_skipped_outputs(run_set):

@@ -70,3 +70,17 @@ def test_reduction_factor_gives_the_requested_bottleneck(hidden, bottleneck):
 def test_bad_bottleneck():
     with pytest.raises(ValueError, match="bottleneck"):
         HoulsbyAdapters(bottleneck=0)
+
+
+def test_rms_norms_count_as_layer_norms():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2,
+                                                       num_attention_heads=2, intermediate_size=32, pad_token_id=0))
+    method = HoulsbyAdapters(bottleneck=4)
+    method.prepare(llama, r"^score\.")
+    assert method.layer_norm_names == sorted(
+        [f"model.layers.{i}.{norm}.weight" for i in range(2) for norm in ("input_layernorm", "post_attention_layernorm")]
+        + ["model.norm.weight"])
+    assert method.report()["layer_norms"] == method.layer_norm_names

@@ -41,3 +41,12 @@ def test_export_reloads(tiny_bert, tiny_batch, run_steps, tmp_path):
 def test_bad_learning_rate():
     with pytest.raises(ValueError, match="learning_rate"):
         BitFit(learning_rate=-1)
+
+
+def test_model_without_biases_is_refused_with_the_fix():
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=32))
+    with pytest.raises(ValueError, match="no bias parameters outside its head.*choose another method"):
+        BitFit().check_model(llama, r"^score\.")

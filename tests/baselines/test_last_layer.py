@@ -1,4 +1,5 @@
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from baselines.last_layer import LastLayer
@@ -39,3 +40,17 @@ def test_export_holds_the_trained_tensors(tiny_bert, tiny_batch, run_steps, tmp_
 def test_head_pattern_matching_nothing_is_an_error(tiny_bert):
     with pytest.raises(ValueError, match="head pattern"):
         LastLayer().prepare(tiny_bert, r"no_such_head")
+
+
+def test_decoder_trains_its_final_norm_and_reports_the_missing_pooler(tiny_batch, check_trains_exactly):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=99, hidden_size=16, num_hidden_layers=2,
+                                                       num_attention_heads=2, intermediate_size=32, pad_token_id=0))
+    method = LastLayer()
+    module = method.prepare(llama, r"^score\.")
+    check_trains_exactly(method, module, tiny_batch, _names(module, "model.layers.1.", "model.norm.", "score."))
+    assert method.report() == {"top_block": "layer_1", "top_block_module": "model.layers.1",
+                               "final_norm": ["model.norm"], "pooler": [],
+                               "note": "include_pooler: the model has no pooler"}

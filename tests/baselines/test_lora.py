@@ -53,3 +53,14 @@ def test_options_checked(tiny_bert):
     # peft's own error (a ValueError) names the module that matched nothing
     with pytest.raises(ValueError, match="no_such_module"):
         LoRA(target_modules=["no_such_module"]).prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
+
+
+def test_target_modules_default_to_the_model_types_projections(tiny_bert):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    assert LoRA().target_modules(tiny_bert, DEFAULT_HEAD_PATTERN) == ["query", "value"]
+    llama = LlamaForSequenceClassification(LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=32))
+    assert LoRA().target_modules(llama, r"^score\.") == ["q_proj", "v_proj"]
+    with pytest.raises(ValueError, match=r"\['query'\] match no layer.*q_proj"):
+        LoRA(target_modules=["query", "v_proj"]).check_model(llama, r"^score\.")

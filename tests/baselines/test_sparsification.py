@@ -116,3 +116,25 @@ def test_options_checked(tiny_bert):
             Sparsification(zero_share=bad)
     with pytest.raises(ValueError, match="not in the model"):
         Sparsification(layers=["layer_9"]).prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
+
+
+def test_zero_counts_follow_the_projection_rounding_rule():
+    """One rule for "this share of the entries": diffprune.projection.share_count (halves up,
+    exactly as written). 0.1025 of a 600-entry weight is 61.5 -> 62 zeros; in floats the
+    product is 61.4999..., which the rule must not round down."""
+    from transformers import BertForSequenceClassification
+
+    from diffprune.projection import share_count
+    from tests.conftest import tiny_bert_config
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(hidden_size=20, intermediate_size=30)).eval()
+    method = Sparsification(zero_share=0.1025)
+    module = method.prepare(model, DEFAULT_HEAD_PATTERN)
+    counts = {name: mask.zero_count for name, mask in method.masks.items()}
+    assert counts["bert.encoder.layer.0.intermediate.dense.weight"] == 62        # 20 x 30 = 600 entries
+    assert counts["bert.encoder.layer.0.attention.self.query.weight"] == 41      # 400 entries: 41.0
+    params = dict(module.named_parameters())
+    for name, count in counts.items():
+        numel = params[name.replace(".weight", ".parametrizations.weight.original")].numel()
+        assert count == share_count(0.1025, numel)

@@ -81,3 +81,9 @@ def test_predict_outputs_batches_by_length_but_returns_dataset_order():
     outputs = predict_outputs(model, dataset, PaddingCollator(0), batch_size=2, device="cpu", names=["logits"])
     assert [row[0] for row in outputs["logits"]] == lengths
     assert model.training, "the caller's train mode must be restored"
+
+
+def test_collator_without_pad_token_fails_early_naming_the_fix():
+    # a decoder tokenizer's pad_token_id is None; int(None) used to fail inside the first batch
+    with pytest.raises(ValueError, match="no pad token.*eos_token"):
+        PaddingCollator(None)

@@ -8,7 +8,7 @@ from torch import nn
 
 from diffprune.tasks import DataUnavailableError, get_task
 from diffprune.tasks import data as data_module
-from diffprune.tasks.squad import (ARTICLE_SPLIT_NOTE, build_eval_features, build_train_features,
+from diffprune.tasks.squad import (ARTICLE_SPLIT_NOTE, build_eval_features, build_train_features, overlap_sentence,
                                    postprocess_predictions, read_squad_json)
 
 from .conftest import squad_articles, write_squad_file
@@ -125,8 +125,24 @@ def test_load_evaluate_and_baseline_end_to_end(squad_folder, tiny_tokenizer):
     # Train and dev hold the same questions here, so the oracle knows every dev window.
     result = task.evaluate(OracleQAModel(data.train), data, batch_size=3)
     assert result == {"metrics": {"exact_match": 100.0, "f1": 100.0}, "scores": {"squad_em": 100.0, "squad_f1": 100.0}}
-    assert task.majority_baseline(data) == {"metrics": {"exact_match": 0.0, "f1": 0.0},
-                                            "scores": {"squad_em": 0.0, "squad_f1": 0.0}}
+    floor = task.majority_baseline(data)
+    assert set(floor["scores"]) == {"squad_em", "squad_f1"} and 0.0 <= floor["scores"]["squad_f1"] <= 100.0
+
+
+def test_the_span_baseline_answers_with_the_sentence_sharing_most_question_words():
+    context = "Paris is large. The Eiffel Tower was built in 1889 for a fair. It is tall."
+    assert overlap_sentence("When was the Eiffel Tower built?", context) == \
+        "The Eiffel Tower was built in 1889 for a fair."
+    assert overlap_sentence("Who?", "No overlap here. None at all.") == "No overlap here."  # tie: the first
+    assert overlap_sentence("Anything?", "") == ""
+    # Scored as SQuAD scores it: the gold answer is 1 of the sentence's 8 normalised words (articles go).
+    task = get_task("squad")
+    eval_set = type("EvalSetStub", (), {})()
+    eval_set.examples = [{"id": "q", "question": "When was the Eiffel Tower built?", "context": context,
+                          "answers": {"text": ["1889"], "answer_start": [43]}}]
+    report = task.majority_baseline(type("DataStub", (), {"evals": {"dev": eval_set}})())
+    assert report["scores"]["squad_em"] == 0.0
+    assert report["scores"]["squad_f1"] == pytest.approx(100 * 2 * (1 / 8) * 1 / (1 / 8 + 1))
 
 
 def test_subsampling_counts_questions(squad_folder, tiny_tokenizer):

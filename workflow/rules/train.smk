@@ -7,7 +7,7 @@
 #
 # Each job's output is its run directory, which the runner writes as DIR.tmp and renames
 # when complete: a directory that exists is finished, so an interrupted workflow re-runs
-# only the jobs whose directories are missing (and resumes them from DIR.tmp/checkpoint.pt).
+# only the jobs whose directories are missing (and resumes them from DIR.tmp/checkpoint.safetensors).
 #
 # resources: gpu=1 caps concurrency under `--resources gpu=N` and maps to --gpus=1 on SLURM;
 # it constrains nothing when no gpu resource is given, so the same DAG runs on a CPU.

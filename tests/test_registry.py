@@ -1,0 +1,155 @@
+"""Every registered method (diffprune/registry.py) through the runner's plan / execute path on
+a tiny random Llama-style decoder (``tiny-random-llama``: RMSNorm, rotary positions, SwiGLU,
+no biases, no pooler, ``score`` head, a tokenizer without pad token) and on the tiny BERT.
+
+A method either trains there (a few steps, 16 RTE-format examples) or is refused while the
+run is planned, with a message naming the method, the model and what to do instead.
+"""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from diffprune import runner
+from diffprune.registry import METHODS
+from tests.test_runner import write_rte
+
+# What each model should give: its head, its last-layer report, its norms, its LoRA targets.
+MODELS = {
+    "tiny-random-llama": {"head": ["score.weight"], "top_block_module": "model.layers.1",
+                          "final_norm": ["model.norm"], "pooler": [], "layer_norms": 5,  # weights of 2 RMSNorms per block + the final one
+                          "lora_targets": ["q_proj", "v_proj"], "has_biases": False},
+    "tiny-random": {"head": ["classifier.bias", "classifier.weight"], "top_block_module": "bert.encoder.layer.1",
+                    "final_norm": [], "pooler": ["bert.pooler.dense"], "layer_norms": 2 * 5,  # weight, bias of the embeddings' + 2 per block
+                    "lora_targets": ["query", "value"], "has_biases": True},
+}
+
+
+def write_config(tmp_path, model: str) -> str:
+    write_rte(tmp_path / "glue")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(f"""
+        model: {model}
+        tasks: [rte]
+        rates: [10]
+        training: {{batch_size: 4, epochs: 1, max_steps: 2, learning_rate: 1e-3, max_seq_length: 32,
+                    fixed_mask_epochs: 1}}
+        data: {{glue_dir: {tmp_path / 'glue'}}}
+        methods:
+    """) + "".join(f"  {name}: {{method: {name}}}\n" for name in sorted(METHODS)))
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def quiet(monkeypatch):
+    monkeypatch.setenv("DIFFPRUNE_NO_PROGRESS", "1")
+    monkeypatch.delenv(runner.CRASH_HOOK_ENV, raising=False)
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def llama(request, tmp_path_factory):
+    """The config, the model's expectations, and the full-finetuning run that non-adaptive diff
+    pruning and critical-layer finetuning read."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    config = write_config(tmp, request.param)
+    full = tmp / "runs" / "full_finetuning" / "seed0"
+    runner.execute(runner.plan_train(config, "rte", "full_finetuning", 0, full))
+    return {"config": config, "full": full, "model": request.param, **MODELS[request.param]}
+
+
+def train(llama, tmp_path, key, **kwargs):
+    return runner.execute(runner.plan_train(llama["config"], "rte", key, 0, tmp_path / key, **kwargs))
+
+
+def prune(llama, tmp_path, key, source):
+    out = tmp_path / key / "rate10"
+    return runner.execute(runner.plan_prune(llama["config"], "rte", key, 0, 10, source, out)), out
+
+
+def check_stored_diff_reproduces(llama, tmp_path, metrics, out):
+    result = runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", llama["config"], "rte",
+                                                          tmp_path / "evaluated.json"))
+    assert result["metrics"] == metrics["metrics"]
+
+
+def run_diff_pruning(llama, tmp_path):
+    source = train(llama, tmp_path, "diff_pruning")
+    assert source["diffed_params"] == source["pretrained_params"]  # the head is not diffed
+    metrics, out = prune(llama, tmp_path, "diff_pruning", tmp_path / "diff_pruning")
+    assert metrics["head_parameters"] == llama["head"] and metrics["diffed_params"] == metrics["pretrained_params"]
+    check_stored_diff_reproduces(llama, tmp_path, metrics, out)
+
+
+def run_nonadaptive(llama, tmp_path):
+    metrics, out = prune(llama, tmp_path, "nonadaptive_diff_pruning", llama["full"])
+    assert metrics["nonzeros"] == round(0.10 * metrics["diffed_params"])
+    check_stored_diff_reproduces(llama, tmp_path, metrics, out)
+
+
+def run_full_finetuning(llama, tmp_path):
+    metrics = json.loads((llama["full"] / "metrics.json").read_text())
+    assert metrics["head_parameters"] == llama["head"] and metrics["steps"] == 2
+
+
+def run_last_layer(llama, tmp_path):
+    metrics = train(llama, tmp_path, "last_layer")
+    report = metrics["method_report"]
+    assert report["top_block"] == "layer_1" and report["top_block_module"] == llama["top_block_module"]
+    assert report["final_norm"] == llama["final_norm"]  # the head reads the final norm's output
+    assert report["pooler"] == llama["pooler"] and ("no pooler" in report["note"]) == (not llama["pooler"])
+
+
+def run_adapters(llama, tmp_path):
+    metrics = train(llama, tmp_path, "adapters")
+    # train_layer_norms: every norm, Llama's RMSNorms included (not only nn.LayerNorm)
+    assert len(metrics["method_report"]["layer_norms"]) == llama["layer_norms"]
+
+
+def run_lora(llama, tmp_path):
+    metrics = train(llama, tmp_path, "lora")
+    assert metrics["method_report"]["target_modules"] == llama["lora_targets"]
+
+
+def run_bitfit(llama, tmp_path):
+    if llama["has_biases"]:
+        assert train(llama, tmp_path, "bitfit")["head_parameters"] == llama["head"]
+        return
+    with pytest.raises(ValueError) as refused:
+        runner.plan_train(llama["config"], "rte", "bitfit", 0, tmp_path / "bitfit")
+    message = str(refused.value)
+    assert "bitfit" in message and llama["model"] in message and "no bias" in message and "choose another method" in message
+    assert not (tmp_path / "bitfit").exists()
+
+
+def run_critical_layers(llama, tmp_path):
+    metrics = train(llama, tmp_path, "critical_layers", needed_dir=llama["full"])
+    assert metrics["head_parameters"] == llama["head"]
+
+
+def run_sparsification(llama, tmp_path):
+    metrics = train(llama, tmp_path, "sparsification")
+    assert metrics["head_parameters"] == llama["head"]
+
+
+RUNS = {
+    "diff_pruning": run_diff_pruning,
+    "nonadaptive_diff_pruning": run_nonadaptive,
+    "full_finetuning": run_full_finetuning,
+    "last_layer": run_last_layer,
+    "adapters": run_adapters,
+    "lora": run_lora,
+    "bitfit": run_bitfit,
+    "critical_layers": run_critical_layers,
+    "sparsification": run_sparsification,
+}
+
+
+def test_every_registered_method_has_a_run_here():
+    assert set(RUNS) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_method_trains_or_is_refused_at_planning(name, llama, tmp_path):
+    RUNS[name](llama, tmp_path)
