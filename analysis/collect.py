@@ -87,6 +87,26 @@ def _layer_rows(stats: dict, identity: dict) -> list[dict]:
     return rows
 
 
+# The data folders a run read (metrics.json ``config.data``): absolute paths of the machine
+# that ran it. A summary is shared (the reference run set is committed), so they are written
+# relative to the working directory (the repository root) when inside it, and as
+# ``<external>/<folder name>`` otherwise.
+DATA_LOCATION_PREFIX = "config.data."
+EXTERNAL_PREFIX = "<external>"
+
+
+def portable_path(value):
+    """``value`` if it is not an absolute path; else relative to the working directory, or
+    ``<external>/<folder name>`` outside it."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(value)
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return f"{EXTERNAL_PREFIX}/{path.name}"
+
+
 def collect(runs_root) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs_root = Path(runs_root)
     if not runs_root.is_dir():
@@ -102,7 +122,8 @@ def collect(runs_root) -> tuple[pd.DataFrame, pd.DataFrame]:
         if missing:
             raise AnalysisError(f"{run_dir / 'metrics.json'} lacks field(s) {', '.join(missing)}")
         relative = run_dir.relative_to(runs_root).as_posix()
-        row = {"run_dir": relative, **flatten(metrics)}
+        row = {"run_dir": relative, **{k: portable_path(v) if k.startswith(DATA_LOCATION_PREFIX) else v
+                                       for k, v in flatten(metrics).items()}}
         stats_path = run_dir / "stats.json"
         if stats_path.is_file():
             stats = _read_json(stats_path)

@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import nn
 
 from baselines.common import (check_learning_rate, check_positive_int, decay_groups,
-                              head_parameter_names, save_tensors, trainable_named_parameters)
+                              head_parameter_names, save_task_state, trainable_named_parameters)
 from diffprune.layers import is_layer_norm
 from diffprune.methods import Method
 
@@ -40,6 +40,14 @@ def _reduction_factor(hidden_size: int, bottleneck: int) -> float:
             return factor
         factor = math.nextafter(factor, 0.0)
     raise ValueError(f"cannot express bottleneck {bottleneck} for hidden size {hidden_size}")
+
+
+def _has_adapter_modeling(module_name: str) -> bool:
+    """Whether the adapters library ships a modeling module for this model type."""
+    try:
+        return importlib.util.find_spec(f"adapters.models.{module_name}.modeling_{module_name}") is not None
+    except ModuleNotFoundError:  # not even the package adapters.models.<module_name> exists
+        return False
 
 
 class HoulsbyAdapters(Method):
@@ -76,8 +84,7 @@ class HoulsbyAdapters(Method):
             raise ValueError("adapters (AdapterHub) needs a Hugging Face transformers model with a config; "
                              "choose another method for this model")
         name = get_module_name(model_type)
-        if (get_adapter_interface(model_type) is None
-                and importlib.util.find_spec(f"adapters.models.{name}.modeling_{name}") is None):
+        if get_adapter_interface(model_type) is None and not _has_adapter_modeling(name):
             raise ValueError(f"the adapters library does not support model type {model_type!r}; choose another "
                              "method (e.g. lora) for this model")
         _reduction_factor(model.config.hidden_size, self.options["bottleneck"])
@@ -126,12 +133,13 @@ class HoulsbyAdapters(Method):
 
     def export(self, model: nn.Module, out_dir) -> dict[str, str]:
         # One file with everything a task needs on top of the shared base: adapter weights,
-        # the per-task layer norms and the head, under the adapter-initialised model's names.
+        # the per-task layer norms, the head and the task buffers, under the
+        # adapter-initialised model's names.
         params = dict(model.named_parameters())
         names = self.adapter_names + self.layer_norm_names + self.head_names
-        file_name = save_tensors({n: params[n] for n in names}, out_dir, "adapter.safetensors",
-                                 method=self.name, options=self.options, adapter_name=ADAPTER_NAME,
-                                 adapter_config=model.adapters_config.get(ADAPTER_NAME))
+        file_name = save_task_state(model, {n: params[n] for n in names}, out_dir, "adapter.safetensors",
+                                    method=self.name, options=self.options, adapter_name=ADAPTER_NAME,
+                                    adapter_config=model.adapters_config.get(ADAPTER_NAME))
         config_name = "adapter_config.json"
         (Path(out_dir) / config_name).write_text(json.dumps(
             {"adapter_name": ADAPTER_NAME, "options": self.options,

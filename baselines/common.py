@@ -82,6 +82,24 @@ def save_tensors(tensors: dict[str, torch.Tensor], out_dir, file_name: str, **me
     return file_name
 
 
+def save_task_state(model: nn.Module, tensors: dict[str, torch.Tensor], out_dir, file_name: str,
+                    **metadata) -> str:
+    """``save_tensors`` with the model's task buffers beside ``tensors``.
+
+    Persistent buffers (BatchNorm running statistics and counters) change in training like
+    parameters do, and the trained model is evaluated with them: a file without them would
+    rebuild a model that evaluates with the pretrained statistics instead. They are stored
+    whole under their own names (listed in the metadata as ``task_buffers``).
+    """
+    from diffprune.reparam import task_buffers
+
+    buffers = task_buffers(model)
+    clash = sorted(set(buffers) & set(tensors))
+    if clash:
+        raise ValueError(f"{file_name}: names {clash[:5]} are both a stored tensor and a buffer")
+    return save_tensors({**tensors, **buffers}, out_dir, file_name, task_buffers=sorted(buffers), **metadata)
+
+
 def check_positive_int(method: str, option: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"method {method!r}: option {option!r} must be a positive integer, got {value!r}")
@@ -105,7 +123,8 @@ class SubsetFinetuning(Method):
     """Train a selected subset of the pretrained parameters plus the head; freeze the rest.
 
     Subclasses implement ``select`` (which pretrained parameters train). The stored
-    per-task state is exactly the trained tensors, written as one safetensors file.
+    per-task state is exactly the trained tensors and the task buffers, written as one
+    safetensors file.
     """
 
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
@@ -137,6 +156,6 @@ class SubsetFinetuning(Method):
 
     def export(self, model: nn.Module, out_dir) -> dict[str, str]:
         tensors = dict(trainable_named_parameters(model))
-        file_name = save_tensors(tensors, out_dir, f"{self.name}.safetensors", method=self.name,
-                                 options=self.options, head=self.head_names, **self.selection_metadata())
+        file_name = save_task_state(model, tensors, out_dir, f"{self.name}.safetensors", method=self.name,
+                                    options=self.options, head=self.head_names, **self.selection_metadata())
         return {"params": file_name}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from baselines.common import head_parameter_names, save_tensors, set_trainable
+from baselines.common import head_parameter_names, save_task_state, set_trainable
 from diffprune.layers import layer_labels, layer_order
 from diffprune.methods import Method
 from diffprune.stats import layer_distances
@@ -33,9 +33,9 @@ class FullFinetuning(Method):
         return model
 
     def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        # A fully finetuned task stores the whole model (head included).
+        # A fully finetuned task stores the whole model (head and task buffers included).
         tensors = dict(model.named_parameters())
-        return {"model": save_tensors(tensors, out_dir, "model.safetensors", method=self.name)}
+        return {"model": save_task_state(model, tensors, out_dir, "model.safetensors", method=self.name)}
 
     def stats(self, model: nn.Module) -> dict:
         """Per layer, how far finetuning moved the weights: {"per_layer_distance": {layer:

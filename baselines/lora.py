@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from baselines.common import (check_learning_rate, check_positive_int, decay_groups, head_parameter_names,
-                              save_tensors, trainable_named_parameters)
+                              save_task_state, trainable_named_parameters)
 from diffprune.methods import Method
 
 # Module types PEFT's LoRA can wrap (transformers' GPT-2 style Conv1D by class name).
@@ -125,8 +125,9 @@ class LoRA(Method):
 
     def export(self, model: nn.Module, out_dir) -> dict[str, str]:
         params = dict(model.named_parameters())
-        file_name = save_tensors({n: params[n] for n in self.lora_names + self.head_names}, out_dir,
-                                 "lora.safetensors", method=self.name, options=self.options)
+        # LoRA factors, the head and the task buffers (e.g. BatchNorm statistics).
+        file_name = save_task_state(model, {n: params[n] for n in self.lora_names + self.head_names}, out_dir,
+                                    "lora.safetensors", method=self.name, options=self.options)
         config_name = "lora_config.json"
         (Path(out_dir) / config_name).write_text(
             json.dumps(self.peft_config.to_dict(), indent=2, sort_keys=True, default=str))

@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from baselines.common import (check_learning_rate, decay_groups, head_parameter_names, save_tensors,
-                              trainable_named_parameters)
+from baselines.common import (check_learning_rate, decay_groups, head_parameter_names, save_task_state,
+                              save_tensors, trainable_named_parameters)
 from diffprune.layers import layer_labels, layer_order
 from diffprune.methods import Method
 from diffprune.projection import share_count  # the rounding rule of project, halves up
@@ -184,6 +184,7 @@ class Sparsification(Method):
         return {
             "mask": save_tensors(positions, out_dir, "zeroed_positions.safetensors", method=self.name,
                                  options=self.options, shapes=shapes),
-            "head": save_tensors({n: params[n] for n in self.head_names}, out_dir, "head.safetensors",
-                                 method=self.name),
+            # the dense per-task tensors: the head and the task buffers
+            "head": save_task_state(model, {n: params[n] for n in self.head_names}, out_dir, "head.safetensors",
+                                    method=self.name),
         }

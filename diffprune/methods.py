@@ -6,6 +6,7 @@ in ``diffprune/registry.py`` (and a config entry to run it).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -67,9 +68,11 @@ class Method:
 
         The global RNGs (new weights, dropout) and the data order are seeded by the runner;
         a method with a stream of its own (diff pruning's gate noise) takes it here, unless
-        its options pin it explicitly, and reports the value it really uses.
+        its options pin it explicitly, and reports the value it really uses. A method without
+        gate noise reports ``gate_noise=None``, so metrics.json does not claim a stream that
+        never drew a number.
         """
-        return seeds
+        return replace(seeds, gate_noise=None)
 
     def check_model(self, model: nn.Module, head_pattern: str) -> None:
         """Raise ``ValueError`` (saying why and what to do instead) if this method cannot

@@ -109,6 +109,23 @@ def head_pattern_for(names) -> str:
     return "^(?:" + "|".join(re.escape(name) for name in names) + ")$"
 
 
+def head_pattern_of(model: nn.Module, head_pattern: str | None = None) -> str:
+    """The head pattern library code (``DiffPrunedModel``, ``FixedMaskModel``, ``fingerprint``)
+    uses for ``model``, resolved as the runner does: an explicit ``head_pattern`` if given,
+    else exactly the parameters marked as newly initialised (``mark_new_parameters``, done by
+    ``load_pretrained``). A model with neither is an error: a guessed name regex would
+    silently diff, penalise and count a head it misses (``fc`` of torchvision models)."""
+    if head_pattern is not None:
+        return head_pattern
+    new = new_parameter_names(model)
+    if not new:
+        raise ValueError(
+            f"{type(model).__name__}: no task head known. Pass head_pattern (a regex on parameter names, "
+            "e.g. r'^fc\\.') or mark the newly initialised head with "
+            "diffprune.models.mark_new_parameters(model, names); load_pretrained marks it itself")
+    return head_pattern_for(new)
+
+
 def resolve_head_pattern(model: nn.Module, override: str | None, model_id: str) -> str:
     """The head pattern of a loaded model: the config's explicit ``override`` if one is set,
     else exactly the parameters the loader newly initialised. No head at all is an error."""
@@ -277,18 +294,34 @@ def _expected_new_head() -> Iterator[None]:
         transformers_logger.removeFilter(quiet)
 
 
-def load_checkpoint(name_or_path: str, task, model_id: str) -> nn.Module:
+def load_checkpoint(name_or_path: str, task, model_id: str, head_pattern: str | None = None) -> nn.Module:
     """``AutoModelFor<Task>.from_pretrained``; fails if anything but the task head is missing
-    (a wrong or truncated checkpoint would otherwise train from random encoder weights)."""
+    (a wrong or truncated checkpoint would otherwise train from random encoder weights).
+
+    Weights are read from safetensors only: a ``pytorch_model.bin`` is a pickle, and
+    unpickling a file from elsewhere can run code. ``head_pattern``: the config's explicit
+    head; with it, a checkpoint that already holds a head (nothing newly initialised) loads,
+    and that pattern names its head."""
     with _expected_new_head():
-        model, info = task_model_class(task).from_pretrained(
-            name_or_path, output_loading_info=True, **task_config_overrides(task))
+        try:
+            model, info = task_model_class(task).from_pretrained(
+                name_or_path, output_loading_info=True, use_safetensors=True, **task_config_overrides(task))
+        except OSError as error:
+            if not _has_only_pickled_weights(name_or_path):
+                raise
+            raise ValueError(
+                f"checkpoint {model_id} ({name_or_path}) has its weights only as a pickle (pytorch_model.bin), "
+                "which is not loaded: unpickling a file can run code. Convert it to safetensors once, where "
+                "you trust it (model.save_pretrained(folder) writes model.safetensors)") from error
     prefix = f"{model.base_model_prefix}."
     missing_encoder = [key for key in info["missing_keys"] if key.startswith(prefix)]
     if missing_encoder:
         raise RuntimeError(f"checkpoint {model_id} lacks pretrained encoder weights {missing_encoder}; "
                            "it is not a checkpoint of this architecture")
     new_head = mark_new_parameters(model, info["missing_keys"])
+    if not new_head and head_pattern is not None:
+        logger.info("%s: no new %s head initialised; the head is head_pattern %r", model_id, task.name, head_pattern)
+        return model
     if not new_head:
         raise RuntimeError(
             f"checkpoint {model_id} already holds every weight of {type(model).__name__}: no new "
@@ -296,6 +329,13 @@ def load_checkpoint(name_or_path: str, task, model_id: str) -> nn.Module:
             "pretrained checkpoint without a task head, or set head_pattern in the config to name the head")
     logger.info("%s: new %s head initialised: %s", model_id, task.name, ", ".join(new_head))
     return model
+
+
+def _has_only_pickled_weights(name_or_path: str) -> bool:
+    """A local model folder with pickled weights (``pytorch_model*.bin``) and no safetensors file."""
+    folder = Path(name_or_path)
+    return (folder.is_dir() and any(folder.glob("pytorch_model*.bin"))
+            and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")))
 
 
 def load_tokenizer(name_or_path: str):
@@ -344,14 +384,17 @@ def _checkpoint_location(model_spec: Mapping[str, Any]) -> tuple[str, str]:
     raise ValueError(f"unknown model source {source!r}; expected one of {', '.join(SOURCES)}")
 
 
-def load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, Any, str]:
-    """(model with a fresh ``task`` head, fast tokenizer with a pad token, model id for the results)."""
-    model, tokenizer, model_id = _load_pretrained(model_spec, _as_task(task))
+def load_pretrained(model_spec: Mapping[str, Any], task, head_pattern: str | None = None) -> tuple[nn.Module, Any, str]:
+    """(model with a fresh ``task`` head, fast tokenizer with a pad token, model id for the results).
+
+    ``head_pattern``: the config's explicit head override, if any (a checkpoint that already
+    holds its head then loads; ``resolve_head_pattern`` takes the same override)."""
+    model, tokenizer, model_id = _load_pretrained(model_spec, _as_task(task), head_pattern)
     use_eos_as_pad(model, tokenizer, model_id)
     return model, tokenizer, model_id
 
 
-def _load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, Any, str]:
+def _load_pretrained(model_spec: Mapping[str, Any], task, head_pattern: str | None) -> tuple[nn.Module, Any, str]:
     source = model_spec.get("source")
     if source == "tiny-random":
         return (build_tiny_random_model(task, int(model_spec.get("seed", 0))), build_tiny_tokenizer(),
@@ -361,7 +404,8 @@ def _load_pretrained(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, An
                 TINY_RANDOM_LLAMA_MODEL_ID)
     name_or_path, model_id = _checkpoint_location(model_spec)
     try:
-        return load_checkpoint(name_or_path, task, model_id), load_tokenizer(name_or_path), model_id
+        return (load_checkpoint(name_or_path, task, model_id, head_pattern), load_tokenizer(name_or_path),
+                model_id)
     except OSError as error:  # transformers reports network / offline / missing repo as OSError
         if source == "hub":
             raise _hub_error(name_or_path, error) from error

@@ -15,7 +15,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from diffprune.config import DEFAULT_HEAD_PATTERN, check_rate
+from diffprune.config import check_rate
 from diffprune.methods import Method
 from diffprune.reparam import ReparametrizedModel, Slot
 
@@ -79,7 +79,7 @@ class FixedMaskModel(ReparametrizedModel):
     """theta_0 with trainable values at fixed positions: theta = theta_0 + scatter(positions, values)."""
 
     def __init__(self, model: nn.Module, positions: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
-                 head_pattern: str = DEFAULT_HEAD_PATTERN) -> None:
+                 head_pattern: str | None = None) -> None:
         super().__init__(model, head_pattern)
         known = {alias: slot for slot in self.slots for alias in slot.aliases}
         unknown = set(positions) - set(known)
@@ -100,7 +100,7 @@ class FixedMaskModel(ReparametrizedModel):
 
     @classmethod
     def from_dense(cls, model: nn.Module, dense: dict[str, torch.Tensor], rate: float,
-                   head_pattern: str = DEFAULT_HEAD_PATTERN) -> "FixedMaskModel":
+                   head_pattern: str | None = None) -> "FixedMaskModel":
         positions = top_k_positions(dense, rate)
         values = {n: dense[n].detach().reshape(-1)[p.to(dense[n].device)] for n, p in positions.items()}
         return cls(model, positions, values, head_pattern)

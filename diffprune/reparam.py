@@ -141,9 +141,14 @@ class ReparametrizedModel(nn.Module):
     effective weight).
     """
 
-    def __init__(self, model: nn.Module, head_pattern: str) -> None:
+    def __init__(self, model: nn.Module, head_pattern: str | None = None) -> None:
+        """``head_pattern``: the task head (trained densely, not diffed); None = the parameters
+        the loader marked as newly initialised (``diffprune.models.head_pattern_of``)."""
+        from diffprune.models import head_pattern_of
+
         super().__init__()
         self.model = model
+        head_pattern = head_pattern_of(model, head_pattern)
         self.head_pattern = head_pattern
         head = re.compile(head_pattern)
         self.slots: list[Slot] = []

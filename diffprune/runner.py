@@ -43,6 +43,7 @@ import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +93,9 @@ class RunPlan:
     def tmp_dir(self) -> Path:
         return self.out_dir.with_name(self.out_dir.name + ".tmp")
 
-    @property
+    @cached_property
     def seeds(self) -> RunSeeds:
-        """The run's random streams, each derived from ``seed``."""
+        """The run's random streams, each derived from ``seed`` (once per plan)."""
         return derive_seeds(self.seed)
 
     def resolved_config(self) -> dict:
@@ -216,7 +217,10 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
                          f"{method_key!r} take the runs of {expected_source!r}")
     from diffprune.registry import build_method
 
-    check_method_applies(cfg, task, method_key, build_method(name, **options))
+    # Unknown / invalid options still fail here. Whether the method applies to the model was
+    # checked when its source run was planned (same config and model), so the model skeleton
+    # is not built again for every rate.
+    build_method(name, **options)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     return RunPlan(
@@ -739,7 +743,7 @@ def load_task_and_model(plan_cfg: dict, task_name: str, training: dict, data_cfg
 
     task = get_task(task_name)
     seed_global_rngs(init_seed)
-    model, tokenizer, model_id = load_pretrained(settings.model_spec(plan_cfg), task)
+    model, tokenizer, model_id = load_pretrained(settings.model_spec(plan_cfg), task, plan_cfg.get("head_pattern"))
     data = task.load(tokenizer, data_cfg, training["max_seq_length"],
                      max_train_examples=training["max_train_examples"],
                      max_eval_examples=training["max_eval_examples"], seed=DATA_SUBSAMPLE_SEED,
@@ -817,6 +821,8 @@ def execute(plan: RunPlan) -> dict | None:
         model.to(device)
         method = FixedMaskFinetuning(dense_diff=dense_diff, rate=plan.rate, model_id=model_id,
                                      task=plan.task, labels=task_label_set(task))
+        # The fixed-mask phase draws no gate noise (its mask comes from the source run).
+        seeds = method.use_run_seeds(seeds)
         seed_global_rngs(seeds.model_init)
         module = method.prepare(model, head_pattern).to(device)
         source_scores = json.loads((plan.source_dir / "metrics.json").read_text()).get("scores")

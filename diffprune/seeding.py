@@ -32,9 +32,11 @@ class RunSeeds:
     run: int
     model_init: int   # torch / numpy / random global RNGs: new weights and dropout
     data_order: int   # epoch order and the order of length-grouped batches
-    gate_noise: int   # diff pruning's mask_seed: training noise and the fixed export sample
+    # diff pruning's mask_seed: training noise and the fixed export sample; None in the seeds
+    # a method without gate noise reports (Method.use_run_seeds)
+    gate_noise: int | None
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | None]:
         return asdict(self)
 
 

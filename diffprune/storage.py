@@ -65,8 +65,14 @@ def _diffed_tensors(model: nn.Module, head_pattern: str) -> list[tuple[str, list
             if not head.search(name) and p.is_floating_point()]
 
 
-def fingerprint(model: nn.Module, head_pattern: str = DEFAULT_HEAD_PATTERN) -> str:
-    """sha256 over names, shapes, dtypes and values of every diffed pretrained tensor."""
+def fingerprint(model: nn.Module, head_pattern: str | None = None) -> str:
+    """sha256 over names, shapes, dtypes and values of every diffed pretrained tensor.
+
+    ``head_pattern`` None: the head is what the loader marked as newly initialised
+    (``diffprune.models.head_pattern_of``)."""
+    from diffprune.models import head_pattern_of
+
+    head_pattern = head_pattern_of(model, head_pattern)
     digest = hashlib.sha256()
     for name, _, p in _diffed_tensors(model, head_pattern):
         tensor = p.detach().cpu().contiguous()
@@ -221,18 +227,25 @@ def check_task(header: dict, task: str, labels: list[str] | None = None, source:
                            "wrong classes")
 
 
+def _read_verified(path, expected_format: str) -> tuple[dict, dict, dict[str, torch.Tensor]]:
+    """(file metadata, header, tensors) of a diff file of ``expected_format``, its payload
+    checksum verified."""
+    file_meta, header = _read_metadata(path, expected_format=expected_format)
+    try:
+        raw = load_file(str(path))
+    except Exception as error:
+        raise DiffFileError(f"{path}: its tensors cannot be read ({error}); the file is truncated or corrupted") from error
+    _verify_payload(file_meta, header, raw, str(path))
+    return file_meta, header, raw
+
+
 def load_diff(path, task: str | None = None, labels: list[str] | None = None) -> SparseDiff:
     """Read a sparse diff file and verify its payload checksum.
 
     With ``task`` (and ``labels``, the classes in output order) a diff trained for another
     task is refused. The tensors are returned as stored; ``apply_diff_`` validates them.
     """
-    meta, header = _read_metadata(path, expected_format=FORMAT)
-    try:
-        raw = load_file(str(path))
-    except Exception as error:
-        raise DiffFileError(f"{path}: its tensors cannot be read ({error}); the file is truncated or corrupted") from error
-    _verify_payload(meta, header, raw, str(path))
+    meta, header, raw = _read_verified(path, FORMAT)
     if task is not None:
         check_task(header, task, labels, str(path))
     positions, values, head, buffers = {}, {}, {}, {}
@@ -420,12 +433,7 @@ def save_dense_diff(path, diff: dict[str, torch.Tensor], head: dict[str, torch.T
 
 def load_dense_diff(path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict]:
     """(delta per tensor, head, meta) of a dense diff, its payload checksum verified."""
-    file_meta, meta = _read_metadata(path, expected_format=DENSE_FORMAT)
-    try:
-        raw = load_file(str(path))
-    except Exception as error:
-        raise DiffFileError(f"{path}: its tensors cannot be read ({error}); the file is truncated or corrupted") from error
-    _verify_payload(file_meta, meta, raw, str(path))
+    file_meta, meta, raw = _read_verified(path, DENSE_FORMAT)
     meta.pop(CHECKSUM_KEY, None)
     diff = {k[len("diff."):]: v for k, v in raw.items() if k.startswith("diff.")}
     head = {k[len("head."):]: v for k, v in raw.items() if k.startswith("head.")}

@@ -24,11 +24,16 @@ def tiny_bert_config(**overrides):
 
 @pytest.fixture
 def tiny_bert():
-    """A 2-layer BERT sequence classifier with random weights (seed 0)."""
+    """A 2-layer BERT sequence classifier with random weights (seed 0), its ``classifier``
+    marked as the new head (as ``load_pretrained`` marks what a checkpoint lacks)."""
     from transformers import BertForSequenceClassification
 
+    from diffprune.models import mark_new_parameters
+
     torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    mark_new_parameters(model, ["classifier.weight", "classifier.bias"])
+    return model
 
 
 @pytest.fixture

@@ -71,7 +71,8 @@ def test_tied_embeddings_get_one_shared_diff():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2))
     assert model.lm_head.weight is model.transformer.wte.weight
-    dm = DiffPrunedModel(model)
+    # a language model without a task head: every tensor is diffed (the pattern matches nothing)
+    dm = DiffPrunedModel(model, DiffPruningConfig(head_pattern=r"(?!)"))
     tied = [s for s in dm.slots if "transformer.wte.weight" in s.aliases]
     assert len(tied) == 1 and "lm_head.weight" in tied[0].aliases
     assert sum(p.numel() for p in dm.w) == sum(p.numel() for p in model.parameters())  # counted once
@@ -109,7 +110,7 @@ def test_convnet_trains_with_batchnorm_statistics_as_task_state():
     net = ConvNet()
     buffers = {k: v.clone() for k, v in net.named_buffers()}
     base = {k: v.clone() for k, v in net.named_parameters()}
-    dm = DiffPrunedModel(net).train()
+    dm = DiffPrunedModel(net, DiffPruningConfig(head_pattern=r"^fc_out\.")).train()
     assert not any("bn.running" in s.name for s in dm.slots)
     opt = torch.optim.AdamW([p for p in dm.parameters() if p.requires_grad], lr=1e-2)
     x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 2, (8,))
@@ -162,7 +163,7 @@ def test_same_seed_same_mask_and_numbers(tiny_bert, tiny_batch):
         torch.manual_seed(0)
         model = type(tiny_bert)(tiny_bert.config)
         model.load_state_dict(tiny_bert.state_dict())
-        dm = DiffPrunedModel(model, DiffPruningConfig(mask_seed=5)).train()
+        dm = DiffPrunedModel(model, DiffPruningConfig(head_pattern=r"^classifier\.", mask_seed=5)).train()
         opt = torch.optim.AdamW([p for p in dm.parameters() if p.requires_grad], lr=1e-2)
         for step in range(3):
             dm.resample(step)
@@ -188,3 +189,21 @@ def test_gradient_accumulation_sees_one_mask_per_step(tiny_bert, tiny_batch):
     assert torch.equal(dm.sample, first)
     dm.resample(1)
     assert not torch.equal(dm.sample, first)
+
+
+def test_head_of_a_model_built_by_hand_is_marked_or_named_never_guessed():
+    """A torchvision-style ``fc`` head is not in any name regex: with nothing marked and no
+    pattern the wrapper refuses (naming both fixes) instead of diffing the new head."""
+    import pytest
+
+    from diffprune.models import mark_new_parameters
+    from tests.tiny_convnet import pretrained_convnet
+
+    with pytest.raises(ValueError, match="no task head known.*head_pattern.*mark_new_parameters"):
+        DiffPrunedModel(pretrained_convnet())
+    marked = pretrained_convnet()
+    mark_new_parameters(marked, ["fc.weight", "fc.bias"])
+    named = DiffPrunedModel(pretrained_convnet(), DiffPruningConfig(head_pattern=r"^fc\."))
+    for dm in (DiffPrunedModel(marked), named):
+        assert sorted(dm.head_names) == ["fc.bias", "fc.weight"]
+        assert not any(slot.name.startswith("fc.") for slot in dm.slots)

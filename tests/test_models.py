@@ -126,6 +126,40 @@ def test_checkpoint_missing_encoder_weights_is_an_error(saved_tiny_checkpoint):
         models.load_pretrained({"source": "path", "path": str(folder)}, "rte")
 
 
+def _save_tiny_classifier(folder, **save_options):
+    """The tiny BERT with its rte head, saved as a model folder (as after finetuning elsewhere)."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(models.tiny_bert_config(get_task("rte")))
+    model.save_pretrained(folder, **save_options)
+    models.build_tiny_tokenizer().save_pretrained(folder)
+    return model
+
+
+def test_checkpoint_with_its_own_head_loads_with_an_explicit_head_pattern(tmp_path):
+    finetuned = _save_tiny_classifier(tmp_path)
+    spec = {"source": "path", "path": str(tmp_path)}
+    with pytest.raises(RuntimeError, match="no new rte head was initialised.*set head_pattern in the config"):
+        models.load_pretrained(spec, "rte")
+    # the advice of that message works: the override reaches the loader
+    model, _, model_id = models.load_pretrained(spec, "rte", head_pattern=r"^classifier\.")
+    assert models.resolve_head_pattern(model, r"^classifier\.", model_id) == r"^classifier\."
+    assert torch.equal(model.classifier.weight, finetuned.classifier.weight)  # its own head, not a new one
+
+
+def test_pickled_checkpoint_is_refused_without_unpickling(tmp_path, monkeypatch):
+    _save_tiny_classifier(tmp_path, safe_serialization=False)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not list(tmp_path.glob("*.safetensors"))
+
+    def unpickle(*args, **kwargs):
+        raise AssertionError("torch.load was called on a model folder's pickle")
+
+    monkeypatch.setattr(torch, "load", unpickle)
+    with pytest.raises(ValueError, match=r"only as a pickle \(pytorch_model.bin\).*safetensors"):
+        models.load_pretrained({"source": "path", "path": str(tmp_path)}, "rte", head_pattern=r"^classifier\.")
+
+
 def test_path_that_is_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         models.load_pretrained({"source": "path", "path": str(tmp_path)}, "rte")

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
 
 from diffprune import runner
-from diffprune.registry import METHODS
+from diffprune.registry import METHODS, build_method, method_class
+from tests.conftest import tiny_bert_config
 from tests.test_runner import write_rte
 
 # What each model should give: its head, its last-layer report, its norms, its LoRA targets.
@@ -153,3 +158,66 @@ def test_every_registered_method_has_a_run_here():
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_trains_or_is_refused_at_planning(name, llama, tmp_path):
     RUNS[name](llama, tmp_path)
+
+
+# --- BatchNorm statistics are task state: every method stores the ones it trained with ----------
+
+BN_HEAD = r"^classifier\."
+
+
+def bert_with_batchnorm():
+    """The tiny BERT with a pretrained BatchNorm in its pooler (statistics far from the task's):
+    a stand-in for a ConvNet that every method, adapters and LoRA included, can adapt."""
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    norm = nn.BatchNorm1d(model.config.hidden_size)
+    with torch.no_grad():
+        norm.running_mean.fill_(-2.0)
+        norm.running_var.fill_(4.0)
+        norm.num_batches_tracked.fill_(100)
+    model.bert.pooler.activation = nn.Sequential(norm, nn.Tanh())
+    return model
+
+
+def train_briefly(method, model, batch, steps: int = 2):
+    module = method.prepare(model, BN_HEAD)
+    optimizer = method.make_optimizer(module, {"learning_rate": 1e-2, "weight_decay": 0.0})
+    module.train()
+    for step in range(steps):
+        method.begin_step(module, step)
+        loss = module(**batch).loss
+        penalty = method.penalty(module)
+        (loss if penalty is None else loss + penalty).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return module.eval()
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_stores_the_batchnorm_statistics_it_trained_with(name, tiny_batch, tmp_path):
+    from diffprune.projection import FixedMaskFinetuning
+
+    cls = method_class(name)
+    trains = cls.reuses or name
+    method = build_method(trains, **({"layers": ["layer_1"]} if trains == "critical_layers" else {}))
+    module = train_briefly(method, bert_with_batchnorm(), tiny_batch)
+    if cls.projected:
+        # What the method stores per task is the prune phase's sparse diff: fixed-mask
+        # finetuning of the projected diff, which updates the statistics again.
+        method = FixedMaskFinetuning(method.dense_diff(module), rate=10.0)
+        module = train_briefly(method, bert_with_batchnorm(), tiny_batch)
+    [norm] = [m for m in module.modules() if isinstance(m, nn.BatchNorm1d)]
+    # training moved the statistics away from the pretrained ones
+    assert not torch.equal(norm.running_mean, torch.full_like(norm.running_mean, -2.0))
+    assert int(norm.num_batches_tracked) == 102
+
+    exported = method.export(module, tmp_path)
+    stored = {}
+    for file_name in exported.values():
+        if file_name.endswith(".safetensors"):
+            stored.update({key.removeprefix("buffer."): value for key, value in load_file(Path(tmp_path, file_name)).items()})
+    for statistic in ("running_mean", "running_var", "num_batches_tracked"):
+        [value] = [v for k, v in stored.items() if k.endswith(f"pooler.activation.0.{statistic}")]
+        assert torch.equal(value, getattr(norm, statistic)), statistic

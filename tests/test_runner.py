@@ -324,6 +324,9 @@ def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path):
     pruned = runner.execute(runner.plan_prune(reference["config"], "rte", "structured", 0, 10, source, out,
                                               {"max_steps": 2}))
     assert pruned["source_scores"] == l0["scores"] and pruned["steps"] == 2
+    # the L0 run drew gate noise; the fixed-mask run draws none (its mask is the source's)
+    assert l0["seeds"]["gate_noise"] == runner.derive_seeds(0).gate_noise
+    assert pruned["seeds"]["gate_noise"] is None
     assert pruned["nonzeros"] <= round(0.10 * pruned["diffed_params"])
     assert (out / "diff.safetensors").is_file()
 
@@ -418,9 +421,11 @@ def test_run_seeds_are_derived_and_recorded(reference, tmp_path):
     """Every stream follows the run seed; the data subsample does not (seeds share examples)."""
     seed0 = reference["metrics"]
     seed1 = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 1, tmp_path / "seed1"))
-    assert seed0["seeds"] == {**runner.derive_seeds(0).to_dict(), "data_subsample": 0}
+    # full finetuning draws no gate noise: it records none rather than a seed it never used
+    assert seed0["seeds"] == {**runner.derive_seeds(0).to_dict(), "gate_noise": None, "data_subsample": 0}
     assert seed1["seeds"]["run"] == 1 and seed1["seeds"]["data_subsample"] == 0
-    for stream in ("model_init", "data_order", "gate_noise"):
+    assert seed1["seeds"]["gate_noise"] is None
+    for stream in ("model_init", "data_order"):
         assert seed1["seeds"][stream] != seed0["seeds"][stream]
     assert seed1["dataset_note"] == seed0["dataset_note"] and seed1["dev_examples"] == seed0["dev_examples"]
 
@@ -429,3 +434,24 @@ def test_diff_pruning_records_the_gate_noise_seed_it_used(reference, tmp_path):
     derived = runner.execute(runner.plan_train(reference["config"], "rte", "structured", 2, tmp_path / "d",
                                                {"max_steps": 1}))
     assert derived["seeds"]["gate_noise"] == runner.derive_seeds(2).gate_noise
+
+
+def test_run_seeds_are_derived_once_per_plan(reference, tmp_path, monkeypatch):
+    plan = runner.plan_train(reference["config"], "rte", "full_finetuning", 3, tmp_path / "o")
+    calls = []
+    derive = runner.derive_seeds
+    monkeypatch.setattr(runner, "derive_seeds", lambda seed: calls.append(seed) or derive(seed))
+    assert plan.seeds is plan.seeds and plan.seeds == derive(3)
+    assert calls == [3]
+
+
+def test_prune_planning_does_not_rebuild_the_model_skeleton(reference, tmp_path, monkeypatch):
+    """Whether the method applies was checked when its source run was planned; planning each
+    rate's prune run must not pay for the skeleton again."""
+    checked = []
+    check = runner.check_method_applies
+    monkeypatch.setattr(runner, "check_method_applies", lambda *args: checked.append(args[2]) or check(*args))
+    runner.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "train")
+    assert checked == ["full_finetuning"]
+    plan = runner.plan_prune(reference["config"], "rte", "nonadaptive", 0, 10, reference["out"], tmp_path / "prune")
+    assert plan.phase == "prune" and checked == ["full_finetuning"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffprune import models
 from diffprune.projection import FixedMaskModel
 from diffprune.storage import (CHECKSUM_KEY, FORMAT, BaseModelMismatch, DiffFileError, TaskMismatch,
                                UnverifiedDiffWarning, apply_diff_, check_task, fingerprint, load_dense_diff,
@@ -19,8 +20,12 @@ from tests.tiny_convnet import HEAD_PATTERN, pretrained_convnet, task_batch
 def _fresh_base():
     from transformers import BertForSequenceClassification
 
+    from diffprune.models import mark_new_parameters
+
     torch.manual_seed(0)
-    return BertForSequenceClassification(tiny_bert_config()).eval()
+    model = BertForSequenceClassification(tiny_bert_config()).eval()
+    mark_new_parameters(model, ["classifier.weight", "classifier.bias"])  # built by hand: declare the head
+    return model
 
 
 def _trained_fixed(model):
@@ -81,6 +86,22 @@ def test_fingerprint_sees_names_shapes_and_values():
     with torch.no_grad():
         a.classifier.weight.zero_()  # the head is not part of the base
     assert fingerprint(a) == fingerprint(_fresh_base())
+
+
+def test_fingerprint_and_fixed_mask_model_take_the_marked_head_or_refuse():
+    model = pretrained_convnet()  # built by hand: its fc head is neither marked nor named
+    with pytest.raises(ValueError, match="no task head known.*head_pattern.*mark_new_parameters"):
+        fingerprint(model)
+    with pytest.raises(ValueError, match="no task head known"):
+        FixedMaskModel.from_dense(model, {"conv1.weight": torch.ones_like(model.conv1.weight)}, rate=1.0)
+    marked = pretrained_convnet()
+    models.mark_new_parameters(marked, ["fc.weight", "fc.bias"])
+    assert fingerprint(marked) == fingerprint(pretrained_convnet(), HEAD_PATTERN)
+    with torch.no_grad():
+        marked.fc.weight.zero_()  # the head is not part of the base
+    assert fingerprint(marked) == fingerprint(pretrained_convnet(), HEAD_PATTERN)
+    dense = {"conv1.weight": torch.ones_like(marked.conv1.weight)}
+    assert FixedMaskModel.from_dense(marked, dense, rate=1.0).head_names == ["fc.weight", "fc.bias"]
 
 
 def test_dense_diff_round_trip(tmp_path):

@@ -112,3 +112,17 @@ def test_metrics_without_identity_field_is_named(tmp_path):
     write_metrics(runs / "rte" / "x" / "seed0", bad)
     with pytest.raises(AnalysisError, match="method_key"):
         collect(runs)
+
+
+def test_data_folders_are_written_without_the_machines_paths(tmp_path, monkeypatch):
+    """summary.csv is shared (the reference run set is committed): no absolute data paths."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "rte" / "full_finetuning" / "seed0"
+    run.mkdir(parents=True)
+    metrics = {"task": "rte", "method_key": "full_finetuning", "method": "full_finetuning", "phase": "train",
+               "seed": 0, "config": {"data": {"glue_dir": str(tmp_path / "resources" / "glue"),
+                                              "squad_dir": "/somewhere/else/squad-copy"}}}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    summary, _ = collect(tmp_path / "runs")
+    assert summary.loc[0, "config.data.glue_dir"] == "resources/glue"
+    assert summary.loc[0, "config.data.squad_dir"] == "<external>/squad-copy"

@@ -84,3 +84,13 @@ def test_rms_norms_count_as_layer_norms():
         [f"model.layers.{i}.{norm}.weight" for i in range(2) for norm in ("input_layernorm", "post_attention_layernorm")]
         + ["model.norm.weight"])
     assert method.report()["layer_norms"] == method.layer_norm_names
+
+
+def test_a_model_type_the_adapters_library_lacks_is_refused_clearly():
+    """A model type without even a package in adapters.models (find_spec raises rather than
+    returning None) is refused with the planning message, not a ModuleNotFoundError."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    resnet = ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1], num_labels=2))
+    with pytest.raises(ValueError, match="does not support model type 'resnet'.*choose another method"):
+        HoulsbyAdapters(bottleneck=4).check_model(resnet, r"^classifier\.")

@@ -40,19 +40,26 @@ def pristine(tmp_path_factory):
 def run_snakemake(*args, **kwargs):
     return run_in(*args, cwd=PRISTINE, **kwargs)
 
-CONFIGS = ["config/config.yaml", "config/cpu.yaml", "config/glue-small.yaml", "config/paper.yaml"]
+CONFIGS = ["config/config.yaml", "config/cpu.yaml", "config/glue-small.yaml", "config/paper.yaml",
+           "config/reference.yaml"]
 
 
 def expected_counts(config_file: str) -> dict[str, int]:
     """Jobs per rule, worked out from the config independently of the Snakefile's code."""
     cfg = settings.load_config(REPO / config_file)
-    train_keys = [k for k in cfg["methods"] if settings.trains(cfg, k)]
-    projected = settings.projected_keys(cfg)
-    seeds = sum(len(settings.seeds_for(cfg, t)) for t in cfg["tasks"])  # (task, seed) pairs
+    train = prune = 0
+    for task in cfg["tasks"]:
+        for key in cfg["methods"]:
+            if task not in settings.method_tasks(cfg, key):
+                continue
+            seeds = len(settings.seeds_for(cfg, task, key))
+            train += seeds * settings.trains(cfg, key)
+            if settings.is_projected(cfg, key):
+                # every rate x seed: the L0 phase fans out, nothing repeats
+                prune += seeds * len(settings.rates_for(cfg, key, task))
     counts = {
-        "train": seeds * len(train_keys),
-        # every projected key x rate x (task, seed): the L0 phase fans out, nothing repeats
-        "prune": seeds * sum(len(cfg["methods"][k].get("rates") or cfg["rates"]) for k in projected),
+        "train": train,
+        "prune": prune,
         "glue_data": len([t for t in cfg["tasks"] if t != "squad"]),
         "squad_data": int("squad" in cfg["tasks"]),
         "collect": 1, "tables": 1, "figures": 1, "readme": 1, "all": 1,
@@ -74,6 +81,19 @@ def test_config_plans_with_expected_job_counts(config_file):
 
 def test_default_config_is_used_without_configfile():
     assert plan() == expected_counts("config/config.yaml")
+
+
+def test_default_and_reference_plans_by_the_numbers():
+    """Literal numbers (worked out by hand from the two configs' method entries)."""
+    # default: full finetuning on 4 tasks, 7 more train keys on SST-2, structured L0 on SST-2
+    # and STS-B; prunes: diff and non-adaptive on SST-2 x 2 rates, structured on 2 tasks x 2
+    assert plan() == {"train": 13, "prune": 8, "glue_data": 3, "squad_data": 1, "collect": 1, "tables": 1,
+                      "figures": 1, "readme": 1, "all": 1}
+    # reference: 5 train keys on 3 tasks + 2 more seeds of SST-2 for full and structured;
+    # 3 variants x 4 rates on 3 tasks + 2 more SST-2 seeds x 4 rates of structured
+    assert plan("--configfile", "config/reference.yaml") == {
+        "train": 5 * 3 + 2 * 2, "prune": 3 * 4 * 3 + 2 * 4, "glue_data": 3, "collect": 1, "tables": 1,
+        "figures": 1, "readme": 1, "all": 1}
 
 
 def test_paper_plan_by_the_numbers():
