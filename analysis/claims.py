@@ -650,8 +650,8 @@ def claims_table(summary: pd.DataFrame, layers: pd.DataFrame) -> Table:
                                         zip(numeric["verdict"], numeric["ours"], numeric["missing"])]})
     counts = numeric["verdict"].value_counts()
     models = sorted({str(m) for m in summary.get("model_id", pd.Series(dtype=object)).dropna()})
-    caption = (f"{counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} do not hold, {counts.get(UNTESTABLE, 0)} are "
-               f"not testable here; our numbers are dev scores (%) of {', '.join(models) or 'the configured model'}, "
+    caption = (f"Verdicts: {counts.get(HOLDS, 0)} hold, {counts.get(FAILS, 0)} do not hold, {counts.get(UNTESTABLE, 0)} "
+               f"not testable here. Our numbers are dev scores (%) of {', '.join(models) or 'the configured model'}, "
                f"the paper's are {reference.PAPER_MODEL}.")
     notes = ["Scores: final runs (projected methods after projection and fixed-mask finetuning), per column the mean "
              "over seeds. A task average is the mean over the GLUE dev columns (SQuAD apart) that every row of the "

@@ -229,7 +229,7 @@ def test_table_files_and_display(tmp_path):
     assert table.files() == ["claims.csv", "claims.md"]
     assert list(table.display.columns) == ["#", "claim", "where in the paper", "test", "our numbers", "verdict"]
     assert list(table.numeric.columns) == ["claim", "statement", "where", "test", "ours", "verdict", "missing"]
-    assert table.caption.startswith("10 hold, 0 do not hold, 0 are not testable here")
+    assert table.caption.startswith("Verdicts: 10 hold, 0 do not hold, 0 not testable here.")
     assert set(table.display["verdict"]) == {"**holds**"}
     # the paper's numbers come from analysis.reference
     assert "structured 0.5% 80.6 vs full finetuning 80.6" in table.display.loc[0, "where in the paper"]
