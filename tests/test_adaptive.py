@@ -5,8 +5,9 @@ import torch
 
 from diffprune.adaptive import AdaptiveDiffPruning
 from diffprune.projection import FixedMaskFinetuning
-from diffprune.storage import apply_diff_, load_dense_diff, load_diff
-from tests.tiny_convnet import HEAD_PATTERN, PRETRAINED_BATCHES, pretrained_convnet, task_batch, train_steps
+from diffprune.storage import load_dense_diff
+from tests.tiny_convnet import (HEAD_PATTERN, PRETRAINED_BATCHES, assert_fresh_base_reproduces, pretrained_convnet,
+                                task_batch, train_steps)
 
 
 @pytest.mark.parametrize("structured", [False, True])
@@ -43,11 +44,4 @@ def test_convnet_train_equals_stored_equals_evaluated(tmp_path, structured):
     fixed_method.export(fixed, tmp_path)
 
     # evaluate: a fresh base + the stored file gives the trained model's logits, bit for bit
-    fresh = pretrained_convnet()
-    pristine = {k: v.clone() for k, v in fresh.state_dict().items()}
-    handle = apply_diff_(fresh, load_diff(tmp_path / "diff.safetensors"))
-    with torch.no_grad():
-        assert torch.equal(fresh(images), trained)
-    handle.revert()
-    for name, value in fresh.state_dict().items():
-        assert torch.equal(value, pristine[name]), name
+    assert_fresh_base_reproduces(tmp_path / "diff.safetensors", images, trained)

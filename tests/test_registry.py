@@ -1,4 +1,4 @@
-"""Every registered method (diffprune/registry.py) through the runner's plan / execute path on
+"""Every registered method (diffprune/registry.py) through the CLI (``python -m diffprune``) on
 a tiny random Llama-style decoder (``tiny-random-llama``: RMSNorm, rotary positions, SwiGLU,
 no biases, no pooler, ``score`` head, a tokenizer without pad token) and on the tiny BERT.
 
@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from diffprune import runner
+from diffprune import cli, runner
 from diffprune.registry import METHODS, build_method, method_class
 from tests.conftest import tiny_bert_config
 from tests.test_runner import write_rte
@@ -64,19 +64,30 @@ def llama(request, tmp_path_factory):
     return {"config": config, "full": full, "model": request.param, **MODELS[request.param]}
 
 
-def train(llama, tmp_path, key, **kwargs):
-    return runner.execute(runner.plan_train(llama["config"], "rte", key, 0, tmp_path / key, **kwargs))
+def run_cli(*argv) -> None:
+    """``python -m diffprune <argv>``, in process: what a user types."""
+    assert cli.main([str(a) for a in argv]) == 0
+
+
+def train(llama, tmp_path, key, needed_dir=None):
+    out = tmp_path / key
+    run_cli("train", "--config", llama["config"], "--task", "rte", "--method-key", key, "--seed", 0, "--out", out,
+            *(["--from", needed_dir] if needed_dir else []))
+    return json.loads((out / "metrics.json").read_text())
 
 
 def prune(llama, tmp_path, key, source):
     out = tmp_path / key / "rate10"
-    return runner.execute(runner.plan_prune(llama["config"], "rte", key, 0, 10, source, out)), out
+    run_cli("prune", "--config", llama["config"], "--task", "rte", "--method-key", key, "--seed", 0,
+            "--rate", 10, "--from", source, "--out", out)
+    return json.loads((out / "metrics.json").read_text()), out
 
 
 def check_stored_diff_reproduces(llama, tmp_path, metrics, out):
-    result = runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", llama["config"], "rte",
-                                                          tmp_path / "evaluated.json"))
-    assert result["metrics"] == metrics["metrics"]
+    evaluated = tmp_path / "evaluated.json"
+    run_cli("evaluate", "--diff", out / "diff.safetensors", "--config", llama["config"], "--task", "rte",
+            "--out", evaluated)
+    assert json.loads(evaluated.read_text())["metrics"] == metrics["metrics"]
 
 
 def run_diff_pruning(llama, tmp_path):

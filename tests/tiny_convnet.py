@@ -57,3 +57,18 @@ def train_steps(module: nn.Module, optimizer, steps: int, first_seed: int = 0, b
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+
+
+def assert_fresh_base_reproduces(diff_file, images: torch.Tensor, trained_logits: torch.Tensor) -> None:
+    """A fresh pretrained ConvNet + the stored diff gives the trained model's logits bit for bit
+    (task BatchNorm statistics included), and reverting leaves the base exactly as it was."""
+    from diffprune.storage import apply_diff_, load_diff
+
+    fresh = pretrained_convnet()
+    pristine = {k: v.clone() for k, v in fresh.state_dict().items()}
+    handle = apply_diff_(fresh, load_diff(diff_file))
+    with torch.no_grad():
+        assert torch.equal(fresh(images), trained_logits)
+    handle.revert()
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(value, pristine[name]), name

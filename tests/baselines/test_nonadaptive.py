@@ -6,8 +6,8 @@ import torch
 from baselines.full_finetuning import FullFinetuning
 from diffprune.projection import FixedMaskFinetuning
 from diffprune.runner import float_buffers, head_state
-from diffprune.storage import apply_diff_, load_dense_diff, load_diff, save_dense_diff
-from tests.tiny_convnet import HEAD_PATTERN, pretrained_convnet, task_batch, train_steps
+from diffprune.storage import load_dense_diff, save_dense_diff
+from tests.tiny_convnet import HEAD_PATTERN, assert_fresh_base_reproduces, pretrained_convnet, task_batch, train_steps
 
 
 def test_convnet_train_equals_stored_equals_evaluated(tmp_path):
@@ -35,11 +35,4 @@ def test_convnet_train_equals_stored_equals_evaluated(tmp_path):
         trained = fixed.eval()(images)
     method.export(fixed, tmp_path)
 
-    fresh = pretrained_convnet()
-    pristine = {k: v.clone() for k, v in fresh.state_dict().items()}
-    handle = apply_diff_(fresh, load_diff(tmp_path / "diff.safetensors"))
-    with torch.no_grad():
-        assert torch.equal(fresh(images), trained)
-    handle.revert()
-    for name, value in fresh.state_dict().items():
-        assert torch.equal(value, pristine[name]), name
+    assert_fresh_base_reproduces(tmp_path / "diff.safetensors", images, trained)
