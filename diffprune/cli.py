@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from diffprune import runner, settings
+from diffprune.lean_imports import hide_unused_packages_from_transformers
 
 USAGE_ERROR = 2
 
@@ -68,6 +69,7 @@ def make_plan(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    hide_unused_packages_from_transformers()
     try:
         plan = make_plan(args)
     except (ValueError, FileNotFoundError, TypeError) as error:

@@ -50,6 +50,7 @@ from typing import Any
 from diffprune import settings
 from diffprune.seeding import DATA_SUBSAMPLE_SEED, RunSeeds, derive_seeds, seed_global_rngs
 from diffprune.atomic import publish_dir, write_json, write_with
+from diffprune.job_timings import PhaseClock
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LEGACY_CHECKPOINT_NAME = "checkpoint.pt"  # the old pickle format: never read (loading it could run code)
@@ -735,19 +736,24 @@ def task_label_set(task) -> list[str] | None:
     return [str(name) for name in names] if names else [str(i) for i in range(task.num_labels)]
 
 
-def load_task_and_model(plan_cfg: dict, task_name: str, training: dict, data_cfg: dict, init_seed: int):
+def load_task_and_model(plan_cfg: dict, task_name: str, training: dict, data_cfg: dict, init_seed: int,
+                        clock: PhaseClock | None = None):
     """The task, the pretrained model for it (head initialised from ``init_seed``), its
     tokenizer and the data (subsampled the same way for every run seed)."""
     from diffprune.models import load_pretrained
     from diffprune.tasks import get_task
+    from diffprune.tasks.cache import load_task_data
 
+    clock = clock or PhaseClock()
     task = get_task(task_name)
-    seed_global_rngs(init_seed)
-    model, tokenizer, model_id = load_pretrained(settings.model_spec(plan_cfg), task, plan_cfg.get("head_pattern"))
-    data = task.load(tokenizer, data_cfg, training["max_seq_length"],
-                     max_train_examples=training["max_train_examples"],
-                     max_eval_examples=training["max_eval_examples"], seed=DATA_SUBSAMPLE_SEED,
-                     doc_stride=training["doc_stride"])
+    with clock.phase("load_model"):
+        seed_global_rngs(init_seed)
+        model, tokenizer, model_id = load_pretrained(settings.model_spec(plan_cfg), task, plan_cfg.get("head_pattern"))
+    with clock.phase("load_data"):  # tokenised once per run set where the feature cache is on
+        data = load_task_data(task, tokenizer, data_cfg, training["max_seq_length"],
+                              max_train_examples=training["max_train_examples"],
+                              max_eval_examples=training["max_eval_examples"], seed=DATA_SUBSAMPLE_SEED,
+                              doc_stride=training["doc_stride"])
     return task, model, tokenizer, model_id, data
 
 
@@ -771,6 +777,7 @@ def execute(plan: RunPlan) -> dict | None:
     if final_metrics.is_file():
         log(f"{plan.out_dir} is finished (metrics.json exists): skipping")
         return None
+    clock = PhaseClock()
     tmp = plan.tmp_dir
     tmp.mkdir(parents=True, exist_ok=True)
     # Only the checkpoint survives from an interrupted attempt; partial exports are redone.
@@ -788,7 +795,8 @@ def execute(plan: RunPlan) -> dict | None:
     precision = resolve_precision(training["precision"], device)
     seeds = plan.seeds
     task, model, _, model_id, data = load_task_and_model(plan.cfg, plan.task, training, plan.data_cfg,
-                                                         seeds.model_init)
+                                                         seeds.model_init, clock)
+    clock.start("load_model")  # the method's wrapping of the model counts as loading it
     from diffprune.models import resolve_head_pattern
 
     # Exactly the parameters the loader newly initialised, unless the config overrides it.
@@ -826,18 +834,23 @@ def execute(plan: RunPlan) -> dict | None:
         seed_global_rngs(seeds.model_init)
         module = method.prepare(model, head_pattern).to(device)
         source_scores = json.loads((plan.source_dir / "metrics.json").read_text()).get("scores")
+    clock.stop()
 
     checkpoint_exists = (tmp / CHECKPOINT_NAME).is_file()
     if plan.phase == "prune" and not checkpoint_exists:
         log("evaluating right after projection (before fixed-mask finetuning)")
-        extra["before_finetune"] = evaluate_module(task, module, data, training, device, precision)
+        with clock.phase("evaluate_before_finetune"):
+            extra["before_finetune"] = evaluate_module(task, module, data, training, device, precision)
         seed_global_rngs(seeds.model_init)  # the evaluation must not shift the training RNG stream
 
-    outcome = train_loop(plan, module, method, data, device, precision, extra)
+    with clock.phase("train"):
+        outcome = train_loop(plan, module, method, data, device, precision, extra)
     log("evaluating")
-    evaluation = evaluate_module(task, module, data, training, device, precision)
+    with clock.phase("evaluate"):
+        evaluation = evaluate_module(task, module, data, training, device, precision)
     peak_memory = peak_memory_bytes(device)
 
+    clock.start("write")
     exported = method.export(module, tmp) or {}
     stats = method.stats(module) if hasattr(method, "stats") else None
     if stats is not None:
@@ -856,6 +869,7 @@ def execute(plan: RunPlan) -> dict | None:
                         {"task": plan.task, "method_key": plan.method_key, "method": plan.method_name,
                          "seed": plan.seed, "model_id": model_id, "base_fingerprint": fingerprint,
                          "head_pattern": head_pattern})
+    clock.stop()
 
     new_params = int(method.new_parameter_count(module))
     majority = task.majority_baseline(data)
@@ -887,8 +901,9 @@ def execute(plan: RunPlan) -> dict | None:
         "device": device_label(device), "precision": precision,
         "config": plan.resolved_config(), "versions": versions(),
     }
-    metrics = _json_safe(metrics)
     (tmp / CHECKPOINT_NAME).unlink(missing_ok=True)
+    metrics["timings"] = clock.as_dict()
+    metrics = _json_safe(metrics)
     write_json(tmp / "metrics.json", metrics)
     publish_dir(tmp, plan.out_dir)
     primary = (metrics["scores"] or {})

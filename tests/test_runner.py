@@ -111,6 +111,12 @@ def test_train_writes_a_complete_run(reference):
     assert on_disk["config"]["training"]["learning_rate"] == 1e-3
     assert on_disk["versions"]["torch"] and on_disk["device"] == "cpu" and on_disk["peak_memory_bytes"] > 0
     assert on_disk["seconds_per_step"] == pytest.approx(on_disk["train_seconds"] / on_disk["steps"])
+    # where the job's seconds went (python -m diffprune.job_timings sums them over a run set)
+    timings = on_disk["timings"]
+    assert timings["train"] == pytest.approx(on_disk["train_seconds"], rel=0.2, abs=0.05)
+    assert timings["load_model"] > 0 and timings["load_data"] > 0 and timings["evaluate"] > 0
+    assert timings["write"] > 0 and timings["evaluate_before_finetune"] == 0.0  # a train run
+    assert timings["total"] >= sum(timings[name] for name in ("load_model", "load_data", "train", "evaluate"))
 
 
 def test_same_seed_gives_identical_results(reference, tmp_path):
@@ -285,6 +291,7 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
     assert metrics["phase"] == "prune" and metrics["rate"] == 10.0 and metrics["method"] == "nonadaptive_diff_pruning"
     assert metrics["source_scores"] == reference["metrics"]["scores"]
     assert set(metrics["before_finetune"]) == {"metrics", "scores"}
+    assert metrics["timings"]["evaluate_before_finetune"] > 0
     assert metrics["nonzeros"] == round(0.10 * metrics["diffed_params"])
     assert metrics["diffed_params"] == metrics["pretrained_params"]
     assert metrics["bytes_per_task"] == (out / "diff.safetensors").stat().st_size

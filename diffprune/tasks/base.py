@@ -191,6 +191,11 @@ class Task:
                  device: str | torch.device = "cpu") -> dict:
         raise NotImplementedError
 
+    def local_data_files(self, data_cfg: Mapping[str, Any] | None) -> list | None:
+        """The local files ``load`` would read (what the feature cache keys on); None when the
+        data would come from the Hub or a file is missing (``load`` then says which)."""
+        return None
+
     def majority_baseline(self, data: TaskData) -> dict:
         raise NotImplementedError
 

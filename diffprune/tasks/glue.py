@@ -226,6 +226,13 @@ class GlueTask(Task):
             raw[split] = RawSplit(texts[0], texts[1] if len(texts) > 1 else None, labels)
         return raw
 
+    def local_data_files(self, data_cfg: Mapping[str, Any] | None) -> list[Path] | None:
+        glue_dir = local_dir(data_cfg, "glue_dir", "GLUE_DIR")
+        if glue_dir is None:
+            return None
+        files = [glue_dir / self.spec.folder / name for name in self._local_files()]
+        return files if all(path.is_file() for path in files) else None
+
     def read_raw(self, data_cfg: Mapping[str, Any] | None) -> tuple[dict[str, RawSplit], str]:
         glue_dir = local_dir(data_cfg, "glue_dir", "GLUE_DIR")
         if glue_dir is not None:

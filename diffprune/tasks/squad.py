@@ -202,6 +202,17 @@ class SquadTask(Task):
         dev_file = require_file(squad_dir / (dev_name or DEFAULT_DEV_FILE), what)
         return train_file, dev_file, note
 
+    def local_data_files(self, data_cfg: Mapping[str, Any] | None) -> list[Path] | None:
+        data_cfg = data_cfg or {}
+        squad_dir = local_dir(data_cfg, "squad_dir", "SQUAD_DIR")
+        if squad_dir is None:
+            return None
+        try:
+            train_file, dev_file, _ = self.local_files(squad_dir, data_cfg)
+        except FileNotFoundError:
+            return None
+        return [train_file, dev_file]
+
     def read_raw(self, data_cfg: Mapping[str, Any] | None) -> tuple[dict[str, list[dict]], str, str]:
         """({"train": examples, "dev": examples}, source, note)."""
         data_cfg = data_cfg or {}

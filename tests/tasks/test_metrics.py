@@ -91,3 +91,54 @@ def test_squad_scores_average_and_missing_predictions_score_zero():
 def test_squad_scores_needs_references():
     with pytest.raises(ValueError):
         metrics.squad_scores({}, {})
+
+
+# --- the NumPy formulas against scikit-learn / scipy (the references they replace at run time)
+
+def _random_cases(kind: str):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for size in (2, 7, 50, 1000):
+        for _ in range(5):
+            if kind == "labels":
+                classes = int(rng.integers(2, 4))
+                yield rng.integers(0, classes, size), rng.integers(0, classes, size)
+            else:  # many ties among the rounded values: the rank averaging is exercised
+                yield rng.normal(size=size).round(1), rng.normal(size=size).round(1)
+
+
+def test_accuracy_f1_and_matthews_agree_with_scikit_learn():
+    from sklearn import metrics as skm
+
+    for predictions, labels in _random_cases("labels"):
+        assert metrics.accuracy(predictions, labels) == pytest.approx(100 * skm.accuracy_score(labels, predictions))
+        assert metrics.matthews(predictions, labels) == pytest.approx(
+            100 * skm.matthews_corrcoef(labels, predictions), abs=1e-9)
+        binary_predictions, binary_labels = predictions % 2, labels % 2
+        assert metrics.f1_binary(binary_predictions, binary_labels) == pytest.approx(
+            100 * skm.f1_score(binary_labels, binary_predictions, zero_division=0), abs=1e-9)
+
+
+def test_pearson_and_spearman_agree_with_scipy():
+    import numpy as np
+    from scipy import stats
+
+    for x, y in _random_cases("values"):
+        if np.all(x == x[0]) or np.all(y == y[0]):
+            continue
+        assert metrics.pearson(x, y) == pytest.approx(100 * stats.pearsonr(x, y)[0], abs=1e-9)
+        assert metrics.spearman(x, y) == pytest.approx(100 * stats.spearmanr(x, y)[0], abs=1e-9)
+
+
+def test_average_ranks_agree_with_scipy_rankdata():
+    import numpy as np
+    from scipy import stats
+
+    values = np.array([3.0, 1.0, 3.0, 2.0, 3.0, 1.0])
+    assert metrics.average_ranks(values).tolist() == stats.rankdata(values).tolist()
+
+
+def test_predictions_and_labels_of_different_lengths_are_refused():
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        metrics.accuracy([1, 0, 1], [1, 0])

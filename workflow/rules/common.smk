@@ -119,11 +119,16 @@ def data_manifest(task: str) -> str:
 _DATA_FAMILIES = {"glue_dir": ("GLUE_DIR", "glue"), "squad_dir": ("SQUAD_DIR", "squad")}
 
 
+# Jobs of one task with the same data settings share one tokenisation (diffprune/tasks/cache.py).
+FEATURE_CACHE = "resources/features"
+
+
 def data_env(wildcards, output) -> str:
-    """The job's data variable (a function of ``output``: untracked, see ``untracked``)."""
+    """The job's data variables (a function of ``output``: untracked, see ``untracked``)."""
     key = settings.data_key(wildcards.task)
     env, family = _DATA_FAMILIES[key]
-    return f"env {env}=resources/{family}" if DATA[key] else "env"
+    local = f" {env}=resources/{family}" if DATA[key] else ""
+    return f"env DIFFPRUNE_FEATURE_CACHE={FEATURE_CACHE}{local}"
 
 
 # ------------------------------------------------------------------------- per-run settings
