@@ -7,6 +7,8 @@ every tensor are checked, and every new value computed, before the first write.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -91,6 +93,19 @@ def _validate_entries(name: str, positions: torch.Tensor, values: torch.Tensor, 
         raise DiffFileError(f"{where}: values of {name} are not all finite (NaN or inf)")
 
 
+@dataclass
+class StagedDiff:
+    """A validated diff with every new value computed, nothing written yet.
+
+    entries: (flat target, int64 index, original values, theta_0 + delta in the model's dtype);
+    heads: (name, model parameter, head tensor in the model's dtype and device);
+    buffers: (model buffer, task value)."""
+
+    entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    heads: list[tuple[str, nn.Parameter, torch.Tensor]]
+    buffers: list[tuple[torch.Tensor, torch.Tensor]]
+
+
 @torch.no_grad()
 def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> AppliedDiff:
     """Write theta_0 + delta into ``model`` in place (and load the task head); keep originals.
@@ -100,6 +115,25 @@ def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> Appli
     finite in the model's dtype) are checked and every new value computed before the first
     write; an error leaves the model bit-identical and names the file and the tensor.
     """
+    staged = stage_diff(model, diff, check)
+    # Write: plain indexed copies of validated data, which cannot fail half-way.
+    saved = []
+    for flat, index, original, updated in staged.entries:
+        flat[index] = updated
+        saved.append((flat, index, original))
+    for target, converted in [(p.data, head) for _, p, head in staged.heads] + staged.buffers:
+        saved.append((target, None, target.clone()))
+        target.copy_(converted)
+    return AppliedDiff(saved)
+
+
+@torch.no_grad()
+def stage_diff(model: nn.Module, diff: SparseDiff, check: bool = True, head_shapes_may_differ: bool = False
+               ) -> StagedDiff:
+    """Every check of ``apply_diff_`` and every new value, without writing anything.
+
+    ``head_shapes_may_differ``: accept head tensors whose first dimension (the labels) differs
+    from the model's, for a caller that swaps whole head tensors (``TaskBank``)."""
     where = diff.source
     if check:
         check_base(model, diff.header, where)
@@ -127,8 +161,7 @@ def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> Appli
             raise DiffFileError(f"{where}: {what}; a diff names each tensor once")
         touched[owner[name]] = name
 
-    # Stage: every check and every new value, before anything is written.
-    diff_writes, head_writes = [], []
+    diff_writes, head_writes, buffer_writes = [], [], []
     for name, positions in diff.positions.items():
         target = params[name].data
         values = diff.values[name]
@@ -146,7 +179,8 @@ def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> Appli
         diff_writes.append((flat, index, original, updated))
     for name, value in diff.head.items():
         target = params[name].data
-        if target.shape != value.shape:
+        relabelled = head_shapes_may_differ and value.shape[1:] == target.shape[1:]
+        if target.shape != value.shape and not relabelled:
             raise BaseModelMismatch(f"{where}: head tensor {name} has shape {tuple(value.shape)} in the diff, "
                                     f"{tuple(target.shape)} in the model (different number of labels?)")
         if value.is_floating_point() != target.is_floating_point():
@@ -156,7 +190,7 @@ def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> Appli
         if converted.is_floating_point() and not torch.isfinite(converted).all():
             raise DiffFileError(f"{where}: head tensor {name} is not all finite in "
                                 f"{str(target.dtype).replace('torch.', '')}")
-        head_writes.append((target, converted))
+        head_writes.append((name, params[name], converted))
     model_buffers = task_buffers(model)
     for name, value in diff.buffers.items():
         target = model_buffers.get(name)
@@ -170,14 +204,5 @@ def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> Appli
         converted = value.to(device=target.device, dtype=target.dtype)
         if converted.is_floating_point() and not torch.isfinite(converted).all():
             raise DiffFileError(f"{where}: task buffer {name} is not all finite")
-        head_writes.append((target, converted))
-
-    # Write: plain indexed copies of validated data, which cannot fail half-way.
-    saved = []
-    for flat, index, original, updated in diff_writes:
-        flat[index] = updated
-        saved.append((flat, index, original))
-    for target, converted in head_writes:
-        saved.append((target, None, target.clone()))
-        target.copy_(converted)
-    return AppliedDiff(saved)
+        buffer_writes.append((target, converted))
+    return StagedDiff(diff_writes, head_writes, buffer_writes)

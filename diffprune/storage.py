@@ -353,6 +353,15 @@ def load_dense_diff(path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tens
     return diff, head, meta
 
 
-# Applying a diff lives in diffprune.applying; these names stay importable from here.
-from diffprune.applying import AppliedDiff, apply_diff_, check_base  # noqa: E402,F401
+APPLYING_NAMES = ("AppliedDiff", "StagedDiff", "apply_diff_", "check_base", "stage_diff")
+
+
+def __getattr__(name: str):
+    """Applying a diff lives in ``diffprune.applying`` (which imports this module); its names
+    stay importable from here, resolved on first use so that neither import comes first."""
+    if name in APPLYING_NAMES:
+        from diffprune import applying
+
+        return getattr(applying, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
