@@ -15,6 +15,7 @@ and a diff is not a low-rank or additive module; ``merge`` gives a standalone mo
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def _publish(directory: Path, write) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared task folder is readable as umask allows
     try:
         write(tmp)
         publish_dir(tmp, directory)

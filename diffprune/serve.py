@@ -200,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=30, help="round trips through every task for the timings")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, as the runs use)")
     args = parser.parse_args(argv)
     from diffprune.atomic import write_json
+    import torch
 
+    torch.set_num_threads(args.threads)
     try:
         result = measure(args.config, args.runs, args.method_key, args.rate, args.seed, args.rounds)
     except (FileNotFoundError, ValueError) as error:
