@@ -77,24 +77,28 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--folder", required=True, help="folder written by export / save_pretrained")
     merge.add_argument("--config", required=True, help="YAML run configuration naming the base model")
     merge.add_argument("--out", required=True, help="model folder to create")
-    for name, what in (("serve", "switch latency, memory and disk of N tasks on one base"),
-                       ("report", "bytes of diff files against their information limit"),
-                       ("convert", "rewrite a diff file as version 3")):
-        forwarded = verbs.add_parser(name, help=what, add_help=False)
-        forwarded.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, what in FORWARDED_VERBS.items():  # listed here; their arguments are their modules' own
+        verbs.add_parser(name, help=what)
     return parser
 
 
-def run_sharing_verb(args: argparse.Namespace) -> int:
-    """The verbs of diffprune.pretrained, diffprune.serve and diffprune.diffsize."""
-    if args.verb in ("report", "convert"):
-        from diffprune import diffsize
+FORWARDED_VERBS = {"serve": "switch latency, memory and disk of N tasks on one base (python -m diffprune.serve)",
+                   "report": "bytes of diff files against their information limit (python -m diffprune.diffsize)",
+                   "convert": "rewrite a diff file as version 3 (python -m diffprune.diffsize)"}
 
-        return diffsize.main([args.verb, *args.rest])
-    if args.verb == "serve":
+
+def run_forwarded_verb(verb: str, rest: list[str]) -> int:
+    if verb == "serve":
         from diffprune import serve
 
-        return serve.main(args.rest)
+        return serve.main(rest)
+    from diffprune import diffsize
+
+    return diffsize.main([verb, *rest])
+
+
+def run_sharing_verb(args: argparse.Namespace) -> int:
+    """The verbs of diffprune.pretrained: export, evaluate-folder, merge."""
     from diffprune import pretrained
 
     try:
@@ -128,6 +132,9 @@ def make_plan(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED_VERBS:
+        return run_forwarded_verb(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     if args.verb not in ("train", "prune", "evaluate"):
         return run_sharing_verb(args)
