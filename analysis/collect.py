@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.diff_files import diff_file_columns
 from analysis.output import write_csv
 from analysis.runset import AnalysisError
 
@@ -124,6 +125,7 @@ def collect(runs_root) -> tuple[pd.DataFrame, pd.DataFrame]:
         relative = run_dir.relative_to(runs_root).as_posix()
         row = {"run_dir": relative, **{k: portable_path(v) if k.startswith(DATA_LOCATION_PREFIX) else v
                                        for k, v in flatten(metrics).items()}}
+        row.update(diff_file_columns(run_dir))  # Table 5: the stored diff against its information limit
         stats_path = run_dir / "stats.json"
         if stats_path.is_file():
             stats = _read_json(stats_path)

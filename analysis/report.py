@@ -54,6 +54,7 @@ def _raise_on_errors(index: dict, what: str) -> None:
 def make_tables(summary_path, layers_path, out_dir) -> dict:
     """The claims table (it reads layers.csv too: claims 7 and 8) and tables 1-5."""
     from analysis.claims import claims_table
+    from analysis.serving_table import SERVING_FILE, table5_serving
     from analysis.tables import TABLE_BUILDERS
 
     summary = load_summary(summary_path)
@@ -61,6 +62,8 @@ def make_tables(summary_path, layers_path, out_dir) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(claims_table, (summary, layers))] + [(build, (summary,)) for build in TABLE_BUILDERS]
+    # Serving numbers are measured on the run set's diff files (python -m diffprune.serve).
+    jobs.append((table5_serving, (Path(summary_path).with_name(SERVING_FILE),)))
     index = _run_builders(jobs, out_dir)
     _raise_on_errors(index, "table(s)")
     return index

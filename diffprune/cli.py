@@ -5,6 +5,14 @@ Verbs (docs/ARCHITECTURE.md, "Runner CLI"):
   prune     --config CFG --task T --method-key K --seed S --rate R --from SRC_DIR --out DIR [--set ...]
   evaluate  --diff FILE --config CFG --task T --out FILE.json [--model-key M] [--set ...]
 
+Sharing and serving tasks (diffprune.pretrained, diffprune.serve, diffprune.diffsize):
+  export           --diff FILE --out DIR [--task T] [--values-dtype fp32|bf16|fp16]   (save_pretrained)
+  evaluate-folder  --folder DIR --config CFG --task T --out FILE.json [--set ...]     (from_pretrained)
+  merge            --folder DIR --config CFG --out DIR        (a plain Hugging Face model folder)
+  serve            --config CFG --runs DIR --out FILE.json [...]   (python -m diffprune.serve)
+  report           FILE... [--json]                           (python -m diffprune.diffsize report)
+  convert          OLD NEW [--values-dtype ...]               (python -m diffprune.diffsize convert)
+
 Mistakes in the arguments or the config (unknown task / method key, a rate outside
 (0, 100], a missing data folder or source run) are reported in one line with exit code 2
 before any model loads. Failures while running keep their traceback (exit code 1).
@@ -29,7 +37,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffprune", description="Diff pruning benchmark runner.")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{train,prune,evaluate}")
+    verbs = parser.add_subparsers(dest="verb", required=True,
+                                  metavar="{train,prune,evaluate,export,evaluate-folder,merge,serve,report,convert}")
 
     train = verbs.add_parser("train", help="train one method entry of the config on one task and seed")
     _add_common(train)
@@ -53,7 +62,63 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--diff", required=True, help="diff.safetensors written by a prune run")
     evaluate.add_argument("--model-key", default=None, help="model under `models:` (default: the config's `model`)")
     evaluate.add_argument("--out", required=True, help="JSON file to write")
+
+    export = verbs.add_parser("export", help="save_pretrained: a stored diff as a shareable task folder")
+    export.add_argument("--diff", required=True, help="diff.safetensors written by a prune run")
+    export.add_argument("--out", required=True, help="folder to create (diff.safetensors + diffprune_config.json)")
+    export.add_argument("--task", default=None, help="the diff's task (default: from its header)")
+    export.add_argument("--values-dtype", default="fp32", help="fp32 (default, as trained), bf16 or fp16")
+
+    folder = verbs.add_parser("evaluate-folder", help="from_pretrained: a task folder on the config's base, dev scores")
+    _add_common(folder)
+    folder.add_argument("--folder", required=True, help="folder written by export / save_pretrained")
+    folder.add_argument("--out", required=True, help="JSON file to write")
+
+    merge = verbs.add_parser("merge", help="base + a task folder as a plain Hugging Face model folder")
+    merge.add_argument("--folder", required=True, help="folder written by export / save_pretrained")
+    merge.add_argument("--config", required=True, help="YAML run configuration naming the base model")
+    merge.add_argument("--out", required=True, help="model folder to create")
+    for name, what in FORWARDED_VERBS.items():  # listed here; their arguments are their modules' own
+        verbs.add_parser(name, help=what)
     return parser
+
+
+FORWARDED_VERBS = {"serve": "switch latency, memory and disk of N tasks on one base (python -m diffprune.serve)",
+                   "report": "bytes of diff files against their information limit (python -m diffprune.diffsize)",
+                   "convert": "rewrite a diff file as version 3 (python -m diffprune.diffsize)"}
+
+
+def run_forwarded_verb(verb: str, rest: list[str]) -> int:
+    if verb == "serve":
+        from diffprune import serve
+
+        return serve.main(rest)
+    from diffprune import diffsize
+
+    return diffsize.main([verb, *rest])
+
+
+def run_sharing_verb(args: argparse.Namespace) -> int:
+    """The verbs of diffprune.pretrained: export, evaluate-folder, merge."""
+    from diffprune import pretrained
+
+    try:
+        if args.verb == "export":
+            out = pretrained.save_pretrained(args.diff, args.out, task=args.task, values_dtype=args.values_dtype)
+            print(f"wrote {out}")
+        elif args.verb == "evaluate-folder":
+            result = pretrained.evaluate_folder(args.folder, args.config, args.task, args.out,
+                                                settings.parse_overrides(args.overrides))
+            print(f"{args.out}: scores {result['scores']}")
+        else:
+            from diffprune.models import _checkpoint_location
+
+            base_location, _ = _checkpoint_location(settings.model_spec(settings.load_config(args.config)))
+            print(f"wrote {pretrained.merge(base_location, args.folder, args.out)}")
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"diffprune {args.verb}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    return 0
 
 
 def make_plan(args: argparse.Namespace):
@@ -68,7 +133,12 @@ def make_plan(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED_VERBS:
+        return run_forwarded_verb(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    if args.verb not in ("train", "prune", "evaluate"):
+        return run_sharing_verb(args)
     hide_unused_packages_from_transformers()
     try:
         plan = make_plan(args)

@@ -9,12 +9,16 @@ A diff file may come from anywhere (a copied results tree, a download), so nothi
 trusted: its header carries a sha256 of the tensor payload (``payload_sha256``, checked on
 load) and the task it was trained for, and ``apply_diff_`` validates every tensor against
 the model before it writes anything, so a bad file changes nothing.
+
+Version 3 (``diffprune.packed``) stores the positions Elias-Fano coded near their
+information limit and the values in one vector (float32, or bfloat16 / float16 on request);
+version 1 and 2 files (per-tensor int32 positions) still load, and ``python -m
+diffprune.diffsize convert OLD NEW`` rewrites them as version 3.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -24,12 +28,19 @@ import torch
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from diffprune.config import DEFAULT_HEAD_PATTERN
-from diffprune.reparam import task_buffers, unique_parameters
+from diffprune import packed
+from diffprune.atomic import write_with
+from diffprune.safetensors_file import safetensors_problem
+from diffprune.reparam import unique_parameters
 
 FORMAT = "diffprune.sparse_diff"
 DENSE_FORMAT = "diffprune.dense_diff"
-VERSION = "2"  # 2: the header holds payload_sha256, task and labels (version 1 had none of them)
+# 2: the header holds payload_sha256, task and labels (version 1 had none of them);
+# 3: Elias-Fano coded global positions, one values vector, the layout as a tensor.
+VERSION = "3"
+DENSE_VERSION = "2"
+PACKED_VERSIONS = ("3",)
+PER_TENSOR_VERSIONS = ("1", "2")
 CHECKSUM_KEY = "payload_sha256"
 
 
@@ -82,11 +93,8 @@ def fingerprint(model: nn.Module, head_pattern: str | None = None) -> str:
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 @dataclass
@@ -102,65 +110,108 @@ class SparseDiff:
     # Task buffers (persistent buffers, e.g. BatchNorm running statistics) as trained: task
     # state like the head, written whole.
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Version 3: the layout tensor as read (kept, not re-compressed: zlib's bytes may differ
+    # between versions, and the checksum covers them). None: the per-tensor layout of version 2.
+    layout_tensor: torch.Tensor | None = None
 
     @property
     def nonzeros(self) -> int:
         return sum(v.numel() for v in self.values.values())
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors under their file keys: what ``payload_sha256`` covers."""
-        tensors = {f"diff.{name}.positions": p for name, p in self.positions.items()}
-        tensors.update({f"diff.{name}.values": v for name, v in self.values.items()})
+        """The tensors under their file keys: what ``payload_sha256`` covers. A version-3 diff is
+        packed again (the code is canonical: unchanged positions and values give the stored bytes)."""
+        if self.layout_tensor is not None:
+            layout = packed.Layout.from_tensor(self.layout_tensor, self.source)
+            values_dtype = packed.value_dtype(self.header.get("values_dtype", "float32"))
+            tensors = packed.pack(layout, self.positions, self.values, values_dtype)
+            tensors[packed.LAYOUT_KEY] = self.layout_tensor
+        else:
+            tensors = {f"diff.{name}.positions": p for name, p in self.positions.items()}
+            tensors.update({f"diff.{name}.values": v for name, v in self.values.items()})
         tensors.update({f"head.{name}": h for name, h in self.head.items()})
         tensors.update({f"buffer.{name}": b for name, b in self.buffers.items()})
         return tensors
 
 
 def save_diff(path, model, model_id: str = "", rate: float | None = None,
-              values_dtype: torch.dtype = torch.float32, task: str | None = None,
+              values_dtype: str | torch.dtype = torch.float32, task: str | None = None,
               labels: list[str] | None = None) -> Path:
-    """Write a FixedMaskModel's diff: positions (int32 when they fit) + values + dense head.
+    """Write a FixedMaskModel's diff (version 3): coded positions + values + dense head + buffers.
 
-    ``task`` and ``labels`` (the head's classes in output order; None for regression and QA)
-    go into the header, so that a loader told which task it expects can refuse another's.
+    ``values_dtype``: float32 (what was trained), or bfloat16 / float16 (half the value bytes;
+    a value that overflows float16 is refused). ``task`` and ``labels`` (the head's classes in
+    output order; None for regression and QA) go into the header, so that a loader told which
+    task it expects can refuse another's.
     """
-    tensors, shapes = {}, {}
-    base_model = model.model
-    for slot in model.slots:
-        shapes[slot.name] = {"shape": list(slot.shape), "dtype": str(slot.base.dtype).replace("torch.", "")}
-    for name, (positions, values) in model.sparse_diff().items():
-        index_dtype = torch.int32 if shapes[name] and torch.Size(shapes[name]["shape"]).numel() < 2**31 else torch.int64
-        tensors[f"diff.{name}.positions"] = positions.to(index_dtype)
-        tensors[f"diff.{name}.values"] = values.to(values_dtype)
-    head = model.head_parameters()
-    for name, p in head.items():
-        tensors[f"head.{name}"] = p.detach()
-    buffers = model.task_buffers()
-    for name, buffer in buffers.items():
-        tensors[f"buffer.{name}"] = buffer.detach()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    layout = packed.Layout(tuple((slot.name, tuple(slot.shape), packed.dtype_name(slot.base.dtype))
+                                 for slot in model.slots))
+    positions, values = {}, {}
+    for name, (slot_positions, slot_values) in model.sparse_diff().items():
+        positions[name], values[name] = slot_positions, slot_values
     header = {
         "model_id": model_id,
-        "fingerprint": fingerprint(base_model, model.head_pattern),
+        "fingerprint": fingerprint(model.model, model.head_pattern),
         "head_pattern": model.head_pattern,
         "task": task,
         "labels": None if labels is None else [str(label) for label in labels],
         "rate": rate,
-        "diffed_params": model.diffed_params,
-        "nonzeros": model.nonzeros,
-        "values_dtype": str(values_dtype).replace("torch.", ""),
-        "tensors": shapes,
-        "head": sorted(head),
-        "buffers": sorted(buffers),
-        CHECKSUM_KEY: payload_sha256(tensors),
     }
+    head = {name: p.detach() for name, p in model.head_parameters().items()}
+    buffers = {name: b.detach() for name, b in model.task_buffers().items()}
+    diff = SparseDiff(positions, values, head, header, source=str(path), buffers=buffers)
+    return write_diff(path, diff, layout, values_dtype)
+
+
+def layout_of(diff: SparseDiff) -> packed.Layout:
+    """The diffed tensors (names, shapes, dtypes in order) of a loaded diff of any version."""
+    if diff.layout_tensor is not None:
+        return packed.Layout.from_tensor(diff.layout_tensor, diff.source)
+    shapes = diff.header.get("tensors")
+    if not isinstance(shapes, dict) or not shapes:
+        raise DiffFileError(f"{diff.source}: its header lists no diffed tensors (field 'tensors'), so their "
+                            "global positions are unknown; rerun the run that wrote it")
+    return packed.Layout.from_shapes(shapes)
+
+
+def write_diff(path, diff: SparseDiff, layout: packed.Layout | None = None,
+               values_dtype: str | torch.dtype = torch.float32) -> Path:
+    """Write ``diff`` as a version-3 file (``layout``: default, the diff's own). Also converts
+    a loaded version-1/2 diff, or changes the values' dtype of a version-3 one."""
+    layout = layout or layout_of(diff)
+    dtype = packed.value_dtype(values_dtype)
+    try:
+        tensors = packed.pack(layout, diff.positions, diff.values, dtype)
+    except packed.PackError as error:
+        raise DiffFileError(f"{path}: cannot write {diff.source}: {error}") from error
+    tensors.update({f"head.{name}": h for name, h in diff.head.items()})
+    tensors.update({f"buffer.{name}": b for name, b in diff.buffers.items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    derived = ("tensors", "diffed_params", "nonzeros", "values_dtype", "positions_encoding", "head", "buffers",
+               CHECKSUM_KEY)
+    header = {key: value for key, value in diff.header.items() if key not in derived}
+    header.update({
+        "diffed_params": layout.universe,
+        "nonzeros": diff.nonzeros,
+        "values_dtype": packed.dtype_name(dtype),
+        "positions_encoding": packed.encoding.ENCODING,
+        "head": sorted(diff.head),
+        "buffers": sorted(diff.buffers),
+        CHECKSUM_KEY: payload_sha256(tensors),
+    })
     path = Path(path)
-    _atomic_save(tensors, path, {"format": FORMAT, "version": VERSION, "header": json.dumps(header)})
+    _atomic_save(tensors, path, {"format": FORMAT, "version": VERSION,
+                                 "header": json.dumps(header, separators=(",", ":"), sort_keys=True)})
     return path
 
 
 def _read_metadata(path, expected_format: str | None = None) -> tuple[dict, dict]:
     """(safetensors metadata, parsed JSON header) of a diffprune file; clear errors otherwise."""
+    if not Path(path).is_file():
+        raise DiffFileError(f"{path}: no such file")
+    problem = safetensors_problem(path)
+    if problem is not None:
+        raise DiffFileError(problem)
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -248,13 +299,31 @@ def load_diff(path, task: str | None = None, labels: list[str] | None = None) ->
     meta, header, raw = _read_verified(path, FORMAT)
     if task is not None:
         check_task(header, task, labels, str(path))
-    positions, values, head, buffers = {}, {}, {}, {}
-    for key, tensor in raw.items():
-        if key.startswith("head."):
-            head[key[len("head."):]] = tensor
-        elif key.startswith("buffer."):
-            buffers[key[len("buffer."):]] = tensor
-        elif key.startswith("diff.") and key.endswith(".positions"):
+    version = meta.get("version")
+    head = {key[len("head."):]: t for key, t in raw.items() if key.startswith("head.")}
+    buffers = {key[len("buffer."):]: t for key, t in raw.items() if key.startswith("buffer.")}
+    rest = {key: t for key, t in raw.items() if not key.startswith(("head.", "buffer."))}
+    if version in PACKED_VERSIONS:
+        unexpected = sorted(set(rest) - set(packed.PACKED_KEYS))
+        if unexpected:
+            raise DiffFileError(f"{path}: unexpected tensor {unexpected[0]!r} (a version-3 diff holds "
+                                f"{', '.join(packed.PACKED_KEYS)}, head.<name> and buffer.<name>)")
+        count = header.get("nonzeros")
+        if not isinstance(count, int) or count < 0:
+            raise DiffFileError(f"{path}: its header has no entry count (nonzeros); rerun the run that wrote it")
+        try:
+            layout, positions, values = packed.unpack(rest, count, str(path))
+        except packed.PackError as error:
+            raise DiffFileError(str(error)) from error
+        header["tensors"] = layout.shapes()
+        return SparseDiff(positions, values, head, header, source=str(path), buffers=buffers,
+                          layout_tensor=rest[packed.LAYOUT_KEY])
+    if version not in PER_TENSOR_VERSIONS:
+        raise DiffFileError(f"{path} is a diffprune diff of version {version!r}; this diffprune reads versions "
+                            f"{', '.join(PER_TENSOR_VERSIONS + PACKED_VERSIONS)}: update diffprune to read it")
+    positions, values = {}, {}
+    for key, tensor in rest.items():
+        if key.startswith("diff.") and key.endswith(".positions"):
             positions[key[len("diff."):-len(".positions")]] = tensor
         elif key.startswith("diff.") and key.endswith(".values"):
             values[key[len("diff."):-len(".values")]] = tensor
@@ -264,162 +333,6 @@ def load_diff(path, task: str | None = None, labels: list[str] | None = None) ->
     return SparseDiff(positions, values, head, header, source=str(path), buffers=buffers)
 
 
-class AppliedDiff:
-    """Handle returned by ``apply_diff_``; ``revert()`` restores the base bit for bit."""
-
-    def __init__(self, saved: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]) -> None:
-        self._saved = saved
-
-    @torch.no_grad()
-    def revert(self) -> None:
-        for target, positions, original in reversed(self._saved):
-            if positions is None:
-                target.copy_(original)
-            else:
-                target.view(-1)[positions] = original
-        self._saved = []
-
-
-def _dtype_names(dtypes) -> str:
-    return ", ".join(sorted({str(d).replace("torch.", "") for d in dtypes})) or "?"
-
-
-def check_base(model: nn.Module, header: dict, source: str = "this diff") -> None:
-    expected = header.get("fingerprint")
-    if expected is None:
-        raise BaseModelMismatch(f"{source} names no base model fingerprint in its header: it was not written "
-                                "by save_diff (a prune run's diff.safetensors), so it cannot be checked against the base")
-    head_pattern = header.get("head_pattern", DEFAULT_HEAD_PATTERN)
-    actual = fingerprint(model, head_pattern)
-    if expected == actual:
-        return
-    stored_dtypes = {entry.get("dtype") for entry in (header.get("tensors") or {}).values() if isinstance(entry, dict)}
-    model_dtypes = {p.dtype for _, _, p in _diffed_tensors(model, head_pattern)}
-    if stored_dtypes and _dtype_names(stored_dtypes) != _dtype_names(model_dtypes):
-        raise BaseModelMismatch(
-            f"{source} was made for base model {header.get('model_id') or '?'} in {_dtype_names(stored_dtypes)}, "
-            f"but the model it is applied to holds its pretrained tensors in {_dtype_names(model_dtypes)}: load the "
-            f"pretrained weights in {_dtype_names(stored_dtypes)} (e.g. torch_dtype), then apply the diff")
-    raise BaseModelMismatch(
-        f"{source} was made for base model {header.get('model_id') or '?'} "
-        f"(fingerprint {str(expected)[:19]}...), but the model it is applied to has fingerprint "
-        f"{actual[:19]}...: load the same pretrained weights the diff was trained from")
-
-
-def _validate_entries(name: str, positions: torch.Tensor, values: torch.Tensor, numel: int, where: str) -> None:
-    """Positions: 1-D integers, in [0, numel), no duplicates; values: 1-D floats, finite, one per position."""
-    if positions.dtype not in (torch.int32, torch.int64) or positions.ndim != 1:
-        raise DiffFileError(f"{where}: positions of {name} must be a 1-D int32/int64 tensor, "
-                            f"got {str(positions.dtype).replace('torch.', '')} of shape {tuple(positions.shape)}")
-    if not values.is_floating_point() or values.ndim != 1:
-        raise DiffFileError(f"{where}: values of {name} must be a 1-D floating tensor, "
-                            f"got {str(values.dtype).replace('torch.', '')} of shape {tuple(values.shape)}")
-    if values.numel() != positions.numel():
-        raise DiffFileError(f"{where}: {name} has {positions.numel()} positions but {values.numel()} values")
-    if positions.numel() == 0:
-        return
-    low, high = int(positions.min()), int(positions.max())
-    if low < 0 or high >= numel:
-        raise DiffFileError(f"{where}: positions of {name} must lie in [0, {numel}), found "
-                            f"{low if low < 0 else high}")
-    if torch.unique(positions).numel() != positions.numel():
-        raise DiffFileError(f"{where}: positions of {name} repeat an entry")
-    if not torch.isfinite(values).all():
-        raise DiffFileError(f"{where}: values of {name} are not all finite (NaN or inf)")
-
-
-@torch.no_grad()
-def apply_diff_(model: nn.Module, diff: SparseDiff, check: bool = True) -> AppliedDiff:
-    """Write theta_0 + delta into ``model`` in place (and load the task head); keep originals.
-
-    All or nothing: the base fingerprint, the payload checksum and every tensor (positions
-    in range and unique, values finite and one per position, head shapes and dtypes, results
-    finite in the model's dtype) are checked and every new value computed before the first
-    write; an error leaves the model bit-identical and names the file and the tensor.
-    """
-    where = diff.source
-    if check:
-        check_base(model, diff.header, where)
-    expected = diff.header.get(CHECKSUM_KEY)
-    if expected is not None and payload_sha256(diff.stored_tensors()) != expected:
-        raise DiffFileError(f"{where}: the tensors do not match the payload checksum of its header "
-                            "(changed after loading, or a corrupted file)")
-    params, owner = {}, {}
-    for name, aliases, p, _ in unique_parameters(model):
-        for alias in aliases:
-            params[alias] = p
-            owner[alias] = name
-    missing = [n for n in list(diff.positions) + list(diff.values) + list(diff.head) if n not in params]
-    if missing:
-        raise BaseModelMismatch(f"{where} names tensors this model lacks: {missing[:5]}")
-    if set(diff.positions) != set(diff.values):
-        unpaired = sorted(set(diff.positions) ^ set(diff.values))
-        raise DiffFileError(f"{where}: positions and values must come in pairs; unpaired: {unpaired[:5]}")
-    touched: dict[str, str] = {}
-    for name in list(diff.positions) + list(diff.head):
-        if owner[name] in touched:
-            other = touched[owner[name]]
-            what = (f"{name} is both diffed and stored as a head tensor" if other == name
-                    else f"{name} and {other} are the same (tied) tensor of the model")
-            raise DiffFileError(f"{where}: {what}; a diff names each tensor once")
-        touched[owner[name]] = name
-
-    # Stage: every check and every new value, before anything is written.
-    diff_writes, head_writes = [], []
-    for name, positions in diff.positions.items():
-        target = params[name].data
-        values = diff.values[name]
-        _validate_entries(name, positions, values, target.numel(), where)
-        shape = (diff.header.get("tensors") or {}).get(name, {}).get("shape")
-        if shape is not None and list(shape) != list(target.shape):
-            raise BaseModelMismatch(f"{where}: {name} has shape {tuple(shape)} in the diff, "
-                                    f"{tuple(target.shape)} in the model")
-        flat = target.view(-1)  # a non-contiguous tensor fails here, before any write
-        index = positions.to(device=target.device, dtype=torch.int64)
-        original = flat[index].clone()
-        updated = (original.float() + values.to(target.device).float()).to(target.dtype)
-        if not torch.isfinite(updated).all():
-            raise DiffFileError(f"{where}: theta_0 + delta of {name} overflows {str(target.dtype).replace('torch.', '')}")
-        diff_writes.append((flat, index, original, updated))
-    for name, value in diff.head.items():
-        target = params[name].data
-        if target.shape != value.shape:
-            raise BaseModelMismatch(f"{where}: head tensor {name} has shape {tuple(value.shape)} in the diff, "
-                                    f"{tuple(target.shape)} in the model (different number of labels?)")
-        if value.is_floating_point() != target.is_floating_point():
-            raise DiffFileError(f"{where}: head tensor {name} is {str(value.dtype).replace('torch.', '')} in the "
-                                f"diff, {str(target.dtype).replace('torch.', '')} in the model")
-        converted = value.to(device=target.device, dtype=target.dtype)
-        if converted.is_floating_point() and not torch.isfinite(converted).all():
-            raise DiffFileError(f"{where}: head tensor {name} is not all finite in "
-                                f"{str(target.dtype).replace('torch.', '')}")
-        head_writes.append((target, converted))
-    model_buffers = task_buffers(model)
-    for name, value in diff.buffers.items():
-        target = model_buffers.get(name)
-        if target is None:
-            raise BaseModelMismatch(f"{where}: task buffer {name} (e.g. BatchNorm statistics) is not a persistent "
-                                    "buffer of this model")
-        if target.shape != value.shape or target.is_floating_point() != value.is_floating_point():
-            raise BaseModelMismatch(f"{where}: task buffer {name} is {str(value.dtype).replace('torch.', '')} "
-                                    f"{tuple(value.shape)} in the diff, {str(target.dtype).replace('torch.', '')} "
-                                    f"{tuple(target.shape)} in the model")
-        converted = value.to(device=target.device, dtype=target.dtype)
-        if converted.is_floating_point() and not torch.isfinite(converted).all():
-            raise DiffFileError(f"{where}: task buffer {name} is not all finite")
-        head_writes.append((target, converted))
-
-    # Write: plain indexed copies of validated data, which cannot fail half-way.
-    saved = []
-    for flat, index, original, updated in diff_writes:
-        flat[index] = updated
-        saved.append((flat, index, original))
-    for target, converted in head_writes:
-        saved.append((target, None, target.clone()))
-        target.copy_(converted)
-    return AppliedDiff(saved)
-
-
 def save_dense_diff(path, diff: dict[str, torch.Tensor], head: dict[str, torch.Tensor], meta: dict) -> Path:
     """The hand-over between a dense/L0 run and its projections: delta per tensor + the head."""
     tensors = {f"diff.{k}": v.float() for k, v in diff.items()}
@@ -427,7 +340,7 @@ def save_dense_diff(path, diff: dict[str, torch.Tensor], head: dict[str, torch.T
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     header = {**meta, CHECKSUM_KEY: payload_sha256(tensors)}
     path = Path(path)
-    _atomic_save(tensors, path, {"format": DENSE_FORMAT, "version": VERSION, "header": json.dumps(header)})
+    _atomic_save(tensors, path, {"format": DENSE_FORMAT, "version": DENSE_VERSION, "header": json.dumps(header)})
     return path
 
 
@@ -438,3 +351,17 @@ def load_dense_diff(path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tens
     diff = {k[len("diff."):]: v for k, v in raw.items() if k.startswith("diff.")}
     head = {k[len("head."):]: v for k, v in raw.items() if k.startswith("head.")}
     return diff, head, meta
+
+
+APPLYING_NAMES = ("AppliedDiff", "StagedDiff", "apply_diff_", "check_base", "stage_diff")
+
+
+def __getattr__(name: str):
+    """Applying a diff lives in ``diffprune.applying`` (which imports this module); its names
+    stay importable from here, resolved on first use so that neither import comes first."""
+    if name in APPLYING_NAMES:
+        from diffprune import applying
+
+        return getattr(applying, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

@@ -111,3 +111,26 @@ def test_killed_run_resumes_and_a_finished_run_is_skipped(config, tmp_path, caps
     assert cli.main(args) == 0
     assert "skipping" in capsys.readouterr().err
     assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_sharing_verbs_report_convert_and_export_a_diff(tmp_path, capsys):
+    import torch
+
+    from diffprune.cli import main
+    from diffprune.models import load_pretrained
+    from diffprune.projection import FixedMaskModel
+    from diffprune.storage import load_diff, save_diff
+
+    model, _, model_id = load_pretrained({"source": "tiny-random"}, "rte")
+    dense = {n: torch.ones_like(p) for n, p in model.named_parameters() if not n.startswith("classifier")}
+    path = save_diff(tmp_path / "diff.safetensors", FixedMaskModel.from_dense(model, dense, rate=1.0),
+                     model_id=model_id, task="rte", labels=["entailment", "not_entailment"])
+    assert main(["report", str(path), "--repeats", "1"]) == 0
+    assert "limit log2 C(d,k)/8" in capsys.readouterr().out
+    assert main(["convert", str(path), str(tmp_path / "bf16.safetensors"), "--values-dtype", "bf16"]) == 0
+    assert load_diff(tmp_path / "bf16.safetensors").header["values_dtype"] == "bfloat16"
+    assert main(["export", "--diff", str(path), "--out", str(tmp_path / "task")]) == 0
+    assert sorted(p.name for p in (tmp_path / "task").iterdir()) == ["diff.safetensors", "diffprune_config.json"]
+    assert main(["export", "--diff", str(path), "--out", str(tmp_path / "task")]) == 2  # exists: refused
+    assert "not empty" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing.safetensors")]) == 2

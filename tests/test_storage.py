@@ -12,7 +12,7 @@ from diffprune import models
 from diffprune.projection import FixedMaskModel
 from diffprune.storage import (CHECKSUM_KEY, FORMAT, BaseModelMismatch, DiffFileError, TaskMismatch,
                                UnverifiedDiffWarning, apply_diff_, check_task, fingerprint, load_dense_diff,
-                               load_diff, payload_sha256, read_header, save_dense_diff, save_diff)
+                               load_diff, payload_sha256, read_header, save_dense_diff, save_diff, write_diff)
 from tests.conftest import tiny_bert_config
 from tests.tiny_convnet import HEAD_PATTERN, pretrained_convnet, task_batch
 
@@ -165,11 +165,23 @@ def _assert_unchanged(model, before):
         assert torch.equal(v, before[k]), k
 
 
+def _version_2_payload(path):
+    """(tensors, header) of a diff file in the per-tensor layout of versions 1 and 2 (int32
+    positions and values per diffed tensor), as files written before version 3 hold them."""
+    diff = load_diff(path)
+    tensors = {f"diff.{n}.positions": p.to(torch.int32) for n, p in diff.positions.items()}
+    tensors.update({f"diff.{n}.values": v.clone() for n, v in diff.values.items()})
+    tensors.update({f"head.{n}": h for n, h in diff.head.items()})
+    tensors.update({f"buffer.{n}": b for n, b in diff.buffers.items()})
+    header = {k: v for k, v in diff.header.items() if k != "positions_encoding"}
+    return tensors, header
+
+
 def _rewrite(path, out, edit, version="2", checksum=True):
-    """A copy of a diff file with ``edit(tensors, header)`` applied; its checksum recomputed so
-    that the structural checks, not the checksum, are what a bad payload meets."""
-    header = read_header(path)
-    tensors = load_file(str(path))
+    """A version-2 copy of a diff file with ``edit(tensors, header)`` applied; its checksum
+    recomputed so that the structural checks, not the checksum, are what a bad payload meets.
+    (Version 3's coded positions cannot repeat or leave their tensor; old files can.)"""
+    tensors, header = _version_2_payload(path)
     edit(tensors, header)
     header.pop(CHECKSUM_KEY, None)
     if checksum:
@@ -305,3 +317,113 @@ def test_a_dtype_only_mismatch_names_both_dtypes(tmp_path):
                                                  r"pretrained weights in float32"):
         apply_diff_(base, load_diff(path))
     _assert_unchanged(base, before)
+
+
+# ----------------------------------------------------------------------------- version 3
+
+
+def test_version_2_files_still_load_and_convert_to_version_3_exactly(tmp_path, tiny_batch):
+    fixed = _trained_fixed(_fresh_base())
+    with torch.no_grad():
+        expected = fixed(**tiny_batch).logits
+    path = save_diff(tmp_path / "d.safetensors", fixed, model_id="tiny")
+    old = _rewrite(path, tmp_path / "v2.safetensors", lambda t, h: None)
+    base = _fresh_base()
+    apply_diff_(base, load_diff(old))
+    with torch.no_grad():
+        assert torch.equal(base(**tiny_batch).logits, expected)
+    converted = write_diff(tmp_path / "v3.safetensors", load_diff(old))
+    # canonical: the tensors and header save_diff writes (safetensors orders its metadata as it likes)
+    assert read_header(converted) == read_header(path)
+    written, saved = load_file(str(converted)), load_file(str(path))
+    assert written.keys() == saved.keys() and all(torch.equal(written[k], saved[k]) for k in saved)
+    assert converted.stat().st_size < old.stat().st_size
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_16_bit_values_halve_the_value_bytes_and_load_as_saved(tmp_path, dtype):
+    fixed = _trained_fixed(_fresh_base())
+    full = load_diff(save_diff(tmp_path / "fp32.safetensors", fixed))
+    half = load_diff(save_diff(tmp_path / f"{dtype}.safetensors", fixed, values_dtype=dtype))
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    assert half.header["values_dtype"] == str(torch_dtype).replace("torch.", "")
+    for name, values in full.values.items():
+        assert half.values[name].dtype == torch_dtype
+        assert torch.equal(half.values[name], values.to(torch_dtype))
+    saved = full.nonzeros * 2
+    assert (tmp_path / "fp32.safetensors").stat().st_size - (tmp_path / f"{dtype}.safetensors").stat().st_size == saved
+
+
+def test_values_that_overflow_float16_are_refused(tmp_path):
+    fixed = _trained_fixed(_fresh_base())
+    with torch.no_grad():
+        fixed.values[0][0] = 1e6
+    with pytest.raises(DiffFileError, match="overflow float16 .* keep them in float32"):
+        save_diff(tmp_path / "d.safetensors", fixed, values_dtype="fp16")
+    assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_coded_positions_that_do_not_decode_are_refused_naming_the_file(tmp_path):
+    path = save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()), model_id="tiny")
+    tensors, header = load_file(str(path)), read_header(path)
+    tensors["positions.upper"] = tensors["positions.upper"].clone()
+    tensors["positions.upper"][-1] |= 1  # one more set bit: one position more than the header says
+    header[CHECKSUM_KEY] = payload_sha256(tensors)  # a consistent checksum: the decoder is under test
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad), metadata={"format": FORMAT, "version": "3", "header": json.dumps(header)})
+    with pytest.raises(DiffFileError, match=f"{re.escape(str(bad))}: its positions do not decode"):
+        load_diff(bad)
+
+
+def test_a_version_3_diff_edited_in_memory_is_refused_before_any_write(tmp_path):
+    diff = load_diff(save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base())))
+    name = next(iter(diff.positions))
+    diff.positions[name] = torch.cat([diff.positions[name][:1], diff.positions[name][:-1]])  # a repeat
+    base = _fresh_base()
+    before = _state(base)
+    with pytest.raises(DiffFileError, match="do not match the payload checksum"):
+        apply_diff_(base, diff)
+    _assert_unchanged(base, before)
+
+
+def test_a_newer_version_asks_for_a_newer_diffprune(tmp_path):
+    path = save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()))
+    tensors, header = load_file(str(path)), read_header(path)
+    future = tmp_path / "v9.safetensors"
+    save_file(tensors, str(future), metadata={"format": FORMAT, "version": "9", "header": json.dumps(header)})
+    with pytest.raises(DiffFileError, match="version '9'; this diffprune reads versions 1, 2, 3: update diffprune"):
+        load_diff(future)
+
+
+# ----------------------------------------------------------------------------- unreadable files
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda data: b"", r"is empty \(0 bytes\)"),
+    (lambda data: data[:5], r"fewer than the 8 of a safetensors header length"),
+    (lambda data: data[:100], r"is truncated: its safetensors header announces \d+ bytes"),
+    (lambda data: data[:-10], r"is truncated: its tensors need \d+ bytes of data, the file holds \d+"),
+    (lambda data: b"\x89PNG\r\n\x1a\n" + data[8:], r"is not a safetensors file \(its first 8 bytes"),
+])
+def test_empty_truncated_or_foreign_files_name_the_path_and_the_fix(tmp_path, damage, message):
+    path = save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()))
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(damage(path.read_bytes()))
+    for read in (load_diff, read_header):
+        with pytest.raises(DiffFileError, match=message) as error:
+            read(broken)
+        assert str(error.value).startswith(str(broken))
+
+
+def test_a_one_digit_fingerprint_change_says_where_the_fingerprints_differ(tmp_path):
+    diff = load_diff(save_diff(tmp_path / "d.safetensors", _trained_fixed(_fresh_base()), model_id="tiny"))
+    stored = diff.header["fingerprint"]
+    flipped = stored[:50] + format(int(stored[50], 16) ^ 1, "x") + stored[51:]
+    diff.header["fingerprint"] = flipped
+    assert flipped[:19] == stored[:19]  # what the old message printed of each: identical
+    with pytest.raises(BaseModelMismatch) as error:
+        apply_diff_(_fresh_base(), diff)
+    text = str(error.value)
+    assert flipped in text and stored in text
+    assert f"first differ at character 51 of {len(stored)}" in text
+    assert f"...{flipped[44:57]}... vs ...{stored[44:57]}..." in text
