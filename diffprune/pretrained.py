@@ -200,6 +200,7 @@ def evaluate_folder(folder, config_path, task_name: str, out_path, overrides: di
     from diffprune.runner import (DATA_SUBSAMPLE_SEED, device_label, evaluate_module, pick_device,
                                   resolve_precision, task_label_set, versions)
     from diffprune.tasks import get_task
+    from diffprune.tasks.cache import load_task_data
 
     cfg = settings.load_config(config_path)
     task = get_task(task_name)
@@ -208,10 +209,10 @@ def evaluate_folder(folder, config_path, task_name: str, out_path, overrides: di
         torch.set_num_threads(training["num_threads"])
     base_location, model_id = _checkpoint_location(settings.model_spec(cfg))
     model = from_pretrained(base_location, folder, task=task_name, labels=task_label_set(task))
-    data = task.load(load_tokenizer(base_location), settings.data_config(cfg, task_name), training["max_seq_length"],
-                     max_train_examples=training["max_train_examples"],
-                     max_eval_examples=training["max_eval_examples"], seed=DATA_SUBSAMPLE_SEED,
-                     doc_stride=training["doc_stride"])
+    data = load_task_data(task, load_tokenizer(base_location), settings.data_config(cfg, task_name),
+                          training["max_seq_length"], max_train_examples=training["max_train_examples"],
+                          max_eval_examples=training["max_eval_examples"], seed=DATA_SUBSAMPLE_SEED,
+                          doc_stride=training["doc_stride"])
     device = pick_device()
     precision = resolve_precision(training["precision"], device)
     evaluation = evaluate_module(task, model.to(device), data, training, device, precision)
