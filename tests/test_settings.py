@@ -76,7 +76,7 @@ def test_resolution_order_and_prune_phase(tmp_path):
     assert cola["epochs"] == 9 and cola["learning_rate"] == 3e-4 and cola["fixed_mask_epochs"] == 2
     assert settings.resolve_training(cfg, "cola", "full_finetuning")["learning_rate"] == 2e-5
     assert settings.resolve_training(cfg, "cola", "diff_pruning", overrides={"epochs": 1})["epochs"] == 1
-    assert settings.method_task_training(cfg, "diff_pruning", "cola") == {"epochs": 9, "learning_rate": "3e-4"}
+    assert settings.method_task_training(cfg, "diff_pruning", "cola") == {"epochs": 9, "learning_rate": 3e-4}
     assert settings.method_task_training(cfg, "diff_pruning", "rte") == {}
 
     prune = settings.resolve_training(cfg, "rte", "diff_pruning", phase="prune")
@@ -89,19 +89,19 @@ def test_resolution_order_and_prune_phase(tmp_path):
     ("tasks: [rte, wnli]\nmethods: {full_finetuning: }", "unknown task 'wnli'"),
     ("task_training: {mnli_m: {epochs: 1}}\nmethods: {full_finetuning: }", "unknown task 'mnli_m'"),
     ("methods: {ft: {method: prefix_tuning}}", "unknown method 'prefix_tuning'"),
-    ("rates: [0]\nmethods: {full_finetuning: }", "(0, 100]"),
-    ("rates: [150]\nmethods: {full_finetuning: }", "(0, 100]"),
+    ("rates: [0]\nmethods: {full_finetuning: }", "rates.0 must be > 0 (percent of the diffed parameters kept, in (0, 100])"),
+    ("rates: [150]\nmethods: {full_finetuning: }", "rates.0 must be <= 100"),
     ("model: gpt5\nmethods: {full_finetuning: }", "unknown model key 'gpt5'"),
     ("methods: {nonadaptive: {method: nonadaptive_diff_pruning}}", "no methods entry has `method: full_finetuning`"),
     ("training: {learnin_rate: 1}\nmethods: {full_finetuning: }", "unknown training setting(s) ['learnin_rate']"),
-    ("training: {precision: fp8}\nmethods: {full_finetuning: }", "precision must be one of"),
+    ("training: {precision: fp8}\nmethods: {full_finetuning: }", "training.precision must be one of auto, fp32, bf16, fp16"),
     ("methods: {adapters: {method: adapters, bottlenek: 4}}", "no option(s) ['bottlenek']"),
     ("methods: {}", "methods is empty"),
     ("methods: {full_finetuning: {task_training: {wnli: {epochs: 1}}}}",
      "unknown task 'wnli' in methods.full_finetuning.task_training"),
     ("methods: {full_finetuning: {task_training: {rte: {epoch: 1}}}}", "unknown training setting(s) ['epoch']"),
-    ("methods: {full_finetuning: {task_training: [rte]}}", "must map task names to training settings"),
-    ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds must be a non-empty list"),
+    ("methods: {full_finetuning: {task_training: [rte]}}", "methods.full_finetuning.task_training must be a mapping"),
+    ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds.0 must be >= 0, got -1"),
     ("unknown_section: 1\nmethods: {full_finetuning: }", "unknown top-level key"),
 ])
 def test_invalid_configs_are_rejected_clearly(tmp_path, body, message):
@@ -185,8 +185,8 @@ def test_method_entries_choose_their_own_tasks_and_seeds(tmp_path):
 
 @pytest.mark.parametrize("entry, message", [
     ("{method: full_finetuning, tasks: [cola]}", "which the config's `tasks` does not run"),
-    ("{method: full_finetuning, tasks: []}", "non-empty list of task names"),
-    ("{method: full_finetuning, task_seeds: {rte: [-1]}}", "methods.ft.task_seeds.rte must be a non-empty list"),
+    ("{method: full_finetuning, tasks: []}", "methods.ft.tasks must be a non-empty list"),
+    ("{method: full_finetuning, task_seeds: {rte: [-1]}}", "methods.ft.task_seeds.rte.0 must be >= 0"),
     ("{method: full_finetuning, task_seeds: {wnli: [0]}}", "unknown task 'wnli'"),
     ("{method: full_finetuning, tasks: [sst2]}", "drop it from methods.nonadaptive.tasks"),
     ("{method: full_finetuning, task_seeds: {rte: [1]}}", "give methods.ft those seeds too"),
@@ -224,7 +224,7 @@ def test_parse_overrides():
 
 def test_bad_values_in_training():
     cfg = settings.fill_defaults({"methods": {"full_finetuning": None}, "training": {"batch_size": 0}})
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="training.batch_size must be >= 1"):
         settings.resolve_training(cfg, "rte", "full_finetuning")
     with pytest.raises(ValueError, match="unknown task"):
         settings.resolve_training(cfg, "glue", "full_finetuning")
