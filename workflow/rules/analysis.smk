@@ -1,4 +1,5 @@
-# Analysis, at the end of the DAG: every run -> summary.csv (+ layers.csv) -> the claims table,
+# Analysis, at the end of the DAG: every run of the config (exactly those: finished runs of
+# methods, tasks, rates or seeds dropped from it are named in the log and left out) -> summary.csv (+ layers.csv) -> the claims table,
 # tables and figures -> results/<name>/README.md (opening with the claims table). Cheap, so
 # they run on the submitting machine.
 
@@ -24,7 +25,7 @@ rule collect:
     localrule: True
     shell:
         "{params.python:q} -m analysis collect --runs {params.runs:q} --out {output.summary:q} "
-        "--layers-out {output.layers:q} > {log:q} 2>&1"
+        "--layers-out {output.layers:q} --only {input:q} > {log:q} 2>&1"
 
 
 # Tables 1-5 come and go with the run set (no SQuAD runs: no Table 4), hence a directory; the

@@ -1,7 +1,8 @@
 # Shared state of the DAG: the config as diffprune reads it, the run list, path patterns and
-# the small helpers the rules call. Everything about *which* runs exist comes from
-# diffprune.settings, the same module the runner reads the config with, so the workflow and
-# the runner can never disagree about a run.
+# the small helpers the rules call. The config is checked against
+# workflow/schemas/config.schema.yaml (by diffprune.settings, as the runner does, and by
+# snakemake.utils.validate); everything about *which* runs exist comes from
+# diffprune.rungraph, so the workflow and the runner can never disagree about a run.
 
 import json
 import os
@@ -11,12 +12,13 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 # Planning imports diffprune from this checkout even when it is not pip-installed.
 sys.path.insert(0, workflow.basedir)
 
-from diffprune import settings  # noqa: E402
+from diffprune import config_schema, datahash, rungraph, settings  # noqa: E402
 from diffprune.tasks import GLUE_SPECS  # noqa: E402
 
 # Jobs run with the interpreter running Snakemake: `python` on PATH may be another one
@@ -58,6 +60,9 @@ try:
     CFG = settings.load_config(CONFIG_FILE)
 except (ValueError, FileNotFoundError) as error:
     raise WorkflowError(f"invalid config: {error}") from None
+# The same schema through Snakemake's validator (on the file as diffprune reads it: YAML 1.2
+# numbers); load_config above has already named any offending key and its fix.
+validate(config_schema.read_config_file(CONFIG_FILE), str(config_schema.SCHEMA_PATH), set_default=False)
 
 NAME = CFG["name"]
 RESULTS = f"results/{NAME}"
@@ -66,18 +71,18 @@ LOGS = f"{RESULTS}/logs"
 
 # ------------------------------------------------------------------------- runs to make
 
-RUNS = settings.expand_runs(CFG)
-TRAIN_KEYS = [k for k in CFG["methods"] if settings.trains(CFG, k)]
-PROJECTED_KEYS = settings.projected_keys(CFG)
+RUNS = rungraph.expand_runs(CFG)
+TRAIN_KEYS = [k for k in CFG["methods"] if rungraph.trains(CFG, k)]
+PROJECTED_KEYS = rungraph.projected_keys(CFG)
 
-# Output patterns; settings.run_dir is the reference layout (docs/ARCHITECTURE.md) and the
+# Output patterns; rungraph.run_dir is the reference layout (docs/ARCHITECTURE.md) and the
 # targets below are built with it, so a mismatch would fail planning, not go unnoticed.
 TRAIN_RUN = f"{RUNS_ROOT}/{{task}}/{{key}}/seed{{seed}}"
 PRUNE_RUN = f"{RUNS_ROOT}/{{task}}/{{key}}/rate{{rate}}/seed{{seed}}"
 
 
 def run_path(task, key, seed, rate=None) -> str:
-    return str(settings.run_dir("results", CFG, task, key, int(seed), rate))
+    return str(rungraph.run_dir("results", CFG, task, key, int(seed), rate))
 
 
 RUN_DIRS = [run_path(r["task"], r["key"], r["seed"], r["rate"]) for r in RUNS]
@@ -101,6 +106,13 @@ try:
     DATA = settings.data_config(CFG)
 except FileNotFoundError as error:
     raise WorkflowError(str(error)) from None
+
+# The content hash of each task's data files (datahash): part of every run's settings, so a
+# data copy whose files differ re-runs exactly the runs of the tasks it changes.
+try:
+    DATA_HASH = {task: datahash.task_data_hash(task, DATA) for task in CFG["tasks"]}
+except (FileNotFoundError, ValueError) as error:
+    raise WorkflowError(f"data: {error}") from None
 
 GLUE_TASKS = [t for t in CFG["tasks"] if t in GLUE_SPECS]
 GLUE_FOLDERS = {t: GLUE_SPECS[t].folder for t in GLUE_TASKS}
@@ -143,20 +155,21 @@ def run_settings(task: str, key: str, phase: str) -> str:
         "model": settings.model_spec(CFG),
         "training": settings.resolve_training(CFG, task, key, phase),
         "head_pattern": CFG["head_pattern"],
+        "data_hash": DATA_HASH[task],
     }
     if phase == "prune":
-        values["source_key"] = settings.source_key(CFG, key)
+        values["source_key"] = rungraph.source_key(CFG, key)
     return json.dumps(values, sort_keys=True, default=str)
 
 
 def source_run(wildcards) -> str:
     """The train run a prune run starts from: its own L0 phase, or the reused run."""
-    return run_path(wildcards.task, settings.source_key(CFG, wildcards.key), wildcards.seed)
+    return run_path(wildcards.task, rungraph.source_key(CFG, wildcards.key), wildcards.seed)
 
 
 def needed_run(wildcards) -> list[str]:
     """The finished run a train run reads first (critical_layers: full finetuning), if any."""
-    needed = settings.needed_key(CFG, wildcards.key)
+    needed = rungraph.needed_key(CFG, wildcards.key)
     return [run_path(wildcards.task, needed, wildcards.seed)] if needed else []
 
 
