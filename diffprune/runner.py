@@ -972,6 +972,10 @@ class EvaluatePlan:
 
 def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | None = None,
                   overrides: dict | None = None) -> EvaluatePlan:
+    out_path = Path(out_path)
+    if os.path.lexists(out_path):
+        raise ValueError(f"--out {out_path} exists: evaluate never reuses or overwrites a result file "
+                         "(its scores could be another diff's); delete it or choose another --out")
     cfg = settings.load_config(config_path)
     settings.check_task(task)
     if model_key is not None:
