@@ -87,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         # and the fix (the traceback of a full disk only says where the write happened).
         if error.errno != errno.ENOSPC and not isinstance(error, FileExistsError):
             raise
+        cause = error.__cause__
         print(f"diffprune {args.verb}: error: {error.strerror or error}"
-              + (f" [{error.filename}]" if error.filename and error.errno == errno.ENOSPC else ""), file=sys.stderr)
+              + (f" (the write failed with: {type(cause).__name__}: {cause})" if cause is not None else ""),
+              file=sys.stderr)
         return RUN_ERROR
     return 0
 

@@ -124,6 +124,33 @@ def data_manifest(task: str) -> str:
     return f"resources/glue/{GLUE_FOLDERS[task]}/manifest.json"
 
 
+_NOT_RECORDED = object()
+
+
+def _recorded_data_hash(run_dir: str):
+    """The data hash a finished run recorded (``_NOT_RECORDED``: unfinished, or older than the field)."""
+    try:
+        return json.loads(Path(run_dir, "metrics.json").read_text()).get("data_hash", _NOT_RECORDED)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return _NOT_RECORDED
+
+
+def run_data_input(wildcards):
+    """A run's data manifest, as an input.
+
+    Ancient (its rewrite does not re-run the run) unless the finished run recorded a data hash
+    other than the current one. Snakemake's params trigger alone misses that case when the
+    data job re-runs in the same invocation (a new GLUE_DIR): it skips the downstream jobs of
+    a job that re-runs when their input from it is ancient. An identical copy elsewhere keeps
+    the hash, so its runs stay finished.
+    """
+    manifest = data_manifest(wildcards.task)
+    run = run_path(wildcards.task, wildcards.key, wildcards.seed, getattr(wildcards, "rate", None))
+    recorded = _recorded_data_hash(run)
+    stale = recorded is not _NOT_RECORDED and recorded != DATA_HASH[wildcards.task]
+    return manifest if stale else ancient(manifest)
+
+
 # Jobs read the linked copies in resources/ (a glue_data layout of just this config's tasks);
 # a data folder named in the config itself still wins inside the runner (same files). A job
 # is pointed at the copy of its own task's family only: the other family's copy may not be
