@@ -87,10 +87,22 @@ def _dotted(parts) -> str:
     return ".".join(str(p) for p in parts)
 
 
-def _explain(error, prefix: str) -> str:
+def _is_key_of(root: Any, path, name: Any) -> bool:
+    """Whether ``name`` is a key (not a value) of the mapping at ``path`` (propertyNames errors)."""
+    for part in path:
+        try:
+            root = root[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return isinstance(root, dict) and isinstance(name, str) and name in root
+
+
+def _explain(error, prefix: str, root: Any = None) -> str:
     """One line per schema violation: the key, what it must be, what it is, and the fix."""
     path = _dotted([*([prefix] if prefix else []), *error.absolute_path]) or "the config"
     value, kind, rule = error.instance, error.validator, error.validator_value
+    if kind == "pattern" and _is_key_of(root, error.absolute_path, value):
+        return f"{path}: the key {value!r} must be {error.schema.get('description') or 'a string matching ' + rule}"
     got = f"got {value!r}" + (" (a string)" if isinstance(value, str) and kind == "type" else "")
     if kind == "type":
         wanted = [rule] if isinstance(rule, str) else list(rule)
@@ -136,7 +148,7 @@ def check(value: Any, subschema: dict, prefix: str = "") -> None:
     """Raise ConfigError listing every violation of ``subschema`` (keys named from ``prefix``)."""
     errors = sorted(_validator(subschema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = list(dict.fromkeys(_explain(error, prefix) for error in errors))
+        lines = list(dict.fromkeys(_explain(error, prefix, value) for error in errors))
         raise ConfigError(lines[0] if len(lines) == 1 else "; ".join(lines))
 
 

@@ -52,3 +52,8 @@ def test_a_config_that_is_not_a_mapping_is_named(tmp_path):
     path.write_text("tasks: [rte\n")
     with pytest.raises(config_schema.ConfigError, match="is not valid YAML"):
         config_schema.read_config_file(path)
+
+
+def test_a_bad_key_is_named_as_a_key():
+    with pytest.raises(config_schema.ConfigError, match=r"methods: the key 'my run' must be one path segment"):
+        config_schema.check_config({"methods": {"my run": {"method": "full_finetuning"}}})

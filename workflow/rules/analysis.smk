@@ -1,7 +1,8 @@
-# Analysis, at the end of the DAG: every run of the config (exactly those: finished runs of
-# methods, tasks, rates or seeds dropped from it are named in the log and left out) -> summary.csv (+ layers.csv) -> the claims table,
-# tables and figures -> results/<name>/README.md (opening with the claims table). Cheap, so
-# they run on the submitting machine.
+# Analysis, at the end of the DAG: the config's runs -> summary.csv (+ layers.csv) -> the
+# claims table, tables and figures -> results/<name>/README.md (opening with the claims
+# table). collect reads exactly the runs the config expands to (--only): finished runs of a
+# method, task, rate or seed dropped from the config are named in its log and left out.
+# Cheap, so they run on the submitting machine.
 
 
 rule collect:
