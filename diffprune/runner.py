@@ -5,7 +5,10 @@ folders and source run checked) so that a mistake is reported before any model l
 then it executes.
 
 A run writes into ``DIR.tmp`` and renames it to ``DIR`` when everything is written; a
-``DIR/metrics.json`` means finished (the verb skips). While training, a checkpoint
+``DIR/metrics.json`` means finished (the verb skips). ``DIR.tmp`` is held with an exclusive
+``flock`` for the whole job and marked with the run it belongs to (``atomic.claim_dir``): a
+second process asked for the same run waits, a link or a folder this run did not create is
+refused, and nothing is cleared or published through a link. While training, a checkpoint
 (``DIR.tmp/checkpoint.safetensors``: trainable parameters and buffers, optimizer, scheduler,
 loss scaler, RNG states, step and position in the epoch's data order; tensors as safetensors,
 the rest as JSON, so that resuming never unpickles) is written every
