@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--runs", required=True, help="results/<name>/runs")
     collect.add_argument("--out", required=True, help="summary CSV to write, e.g. results/<name>/summary.csv")
     collect.add_argument("--layers-out", help="per-layer CSV to write (default: layers.csv beside --out)")
+    collect.add_argument("--only", nargs="+", metavar="RUN_DIR",
+                         help="collect exactly these run directories (the workflow passes the runs its config "
+                              "expands to); finished runs under --runs that are not listed are named and left out")
 
     for verb, what in (("tables", "the claims table (CSV, Markdown) and tables 1-5 as CSV, Markdown and LaTeX"),
                        ("figures", "figures 1-3 and weight distance as PNG, PDF (+ CSV of the plotted data)")):
@@ -40,7 +43,7 @@ def main(argv=None) -> int:
     try:
         if args.verb == "collect":
             from analysis.collect import write_collection
-            summary, layers = write_collection(args.runs, args.out, args.layers_out)
+            summary, layers = write_collection(args.runs, args.out, args.layers_out, args.only)
             logging.info("wrote %s and %s", summary, layers)
         elif args.verb == "tables":
             from analysis.report import make_tables

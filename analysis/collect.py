@@ -14,6 +14,7 @@ fields (``relative_l2``, ``angle_deg``) of full-finetuning runs' ``per_layer_dis
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -108,11 +109,44 @@ def portable_path(value):
         return f"{EXTERNAL_PREFIX}/{path.name}"
 
 
-def collect(runs_root) -> tuple[pd.DataFrame, pd.DataFrame]:
+def select_runs(runs_root: Path, only) -> list[Path]:
+    """The run directories to collect: exactly ``only`` (the runs the config expands to,
+    each of which must be finished) when given, else every finished run under ``runs_root``.
+
+    Finished runs under ``runs_root`` that ``only`` leaves out (a method, task, rate or seed
+    dropped from the config since they ran) are named in the log and left out of the tables.
+    """
+    found = find_run_dirs(runs_root)
+    if only is None:
+        return found
+    chosen = []
+    for entry in only:
+        path = Path(entry)
+        path = path if path.is_absolute() or path.parts[:len(runs_root.parts)] == runs_root.parts else runs_root / path
+        if not (path / "metrics.json").is_file():
+            raise AnalysisError(f"run {path} holds no metrics.json: it is not finished (run the workflow first)")
+        try:
+            path.relative_to(runs_root)
+        except ValueError:
+            raise AnalysisError(f"run {path} is not under the runs directory {runs_root}") from None
+        chosen.append(path)
+    ignored = sorted(set(found) - set(chosen))
+    if ignored:
+        shown = ", ".join(p.relative_to(runs_root).as_posix() for p in ignored[:20])
+        more = f" and {len(ignored) - 20} more" if len(ignored) > 20 else ""
+        logging.getLogger(__name__).warning(
+            "ignored %d finished run(s) under %s that the config does not ask for (left out of the tables): %s%s",
+            len(ignored), runs_root, shown, more)
+    return sorted(dict.fromkeys(chosen))
+
+
+def collect(runs_root, only=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``only``: the run directories the config asks for (see ``select_runs``); None: every
+    finished run under ``runs_root``."""
     runs_root = Path(runs_root)
     if not runs_root.is_dir():
         raise AnalysisError(f"runs directory {runs_root} does not exist: the run set is empty")
-    run_dirs = find_run_dirs(runs_root)
+    run_dirs = select_runs(runs_root, only)
     if not run_dirs:
         raise AnalysisError(f"no metrics.json under {runs_root}: the run set is empty")
 
@@ -146,8 +180,8 @@ def collect(runs_root) -> tuple[pd.DataFrame, pd.DataFrame]:
     return summary, layers
 
 
-def write_collection(runs_root, summary_out, layers_out=None) -> tuple[Path, Path]:
-    summary, layers = collect(runs_root)
+def write_collection(runs_root, summary_out, layers_out=None, only=None) -> tuple[Path, Path]:
+    summary, layers = collect(runs_root, only)
     summary_out = Path(summary_out)
     layers_out = Path(layers_out) if layers_out else summary_out.with_name("layers.csv")
     write_csv(summary_out, summary)

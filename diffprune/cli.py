@@ -15,17 +15,21 @@ Sharing and serving tasks (diffprune.pretrained, diffprune.serve, diffprune.diff
 
 Mistakes in the arguments or the config (unknown task / method key, a rate outside
 (0, 100], a missing data folder or source run) are reported in one line with exit code 2
-before any model loads. Failures while running keep their traceback (exit code 1).
+before any model loads. Failures while running keep their traceback (exit code 1), except a
+full disk ("no space left on the device holding <path>") and a run directory the run may not
+touch, which are one line (exit code 1).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 from diffprune import runner, settings
 from diffprune.lean_imports import hide_unused_packages_from_transformers
 
 USAGE_ERROR = 2
+RUN_ERROR = 1
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -145,10 +149,21 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, TypeError) as error:
         print(f"diffprune {args.verb}: error: {error}", file=sys.stderr)
         return USAGE_ERROR
-    if args.verb == "evaluate":
-        runner.execute_evaluate(plan)
-    else:
-        runner.execute(plan)
+    try:
+        if args.verb == "evaluate":
+            runner.execute_evaluate(plan)
+        else:
+            runner.execute(plan)
+    except OSError as error:
+        # A full disk or a run directory this run may not touch: one line that names the path
+        # and the fix (the traceback of a full disk only says where the write happened).
+        if error.errno != errno.ENOSPC and not isinstance(error, FileExistsError):
+            raise
+        cause = error.__cause__
+        print(f"diffprune {args.verb}: error: {error.strerror or error}"
+              + (f" (the write failed with: {type(cause).__name__}: {cause})" if cause is not None else ""),
+              file=sys.stderr)
+        return RUN_ERROR
     return 0
 
 

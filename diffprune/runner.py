@@ -5,7 +5,10 @@ folders and source run checked) so that a mistake is reported before any model l
 then it executes.
 
 A run writes into ``DIR.tmp`` and renames it to ``DIR`` when everything is written; a
-``DIR/metrics.json`` means finished (the verb skips). While training, a checkpoint
+``DIR/metrics.json`` means finished (the verb skips). ``DIR.tmp`` is held with an exclusive
+``flock`` for the whole job and marked with the run it belongs to (``atomic.claim_dir``): a
+second process asked for the same run waits, a link or a folder this run did not create is
+refused, and nothing is cleared or published through a link. While training, a checkpoint
 (``DIR.tmp/checkpoint.safetensors``: trainable parameters and buffers, optimizer, scheduler,
 loss scaler, RNG states, step and position in the epoch's data order; tensors as safetensors,
 the rest as JSON, so that resuming never unpickles) is written every
@@ -38,7 +41,6 @@ import platform
 import random
 import re
 import resource
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -47,9 +49,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from diffprune import settings
+from diffprune import datahash, settings
 from diffprune.seeding import DATA_SUBSAMPLE_SEED, RunSeeds, derive_seeds, seed_global_rngs
-from diffprune.atomic import publish_dir, write_json, write_with
+from diffprune.atomic import OWNER_FILE, claim_dir, clear_dir, disk_full_error, publish_dir, write_json, write_with
 from diffprune.job_timings import PhaseClock
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -89,10 +91,16 @@ class RunPlan:
     rate: float | None = None
     source_dir: Path | None = None
     write_dense_diff: bool = False
+    data_hash: str | None = None     # content hash of the task's data files (diffprune.datahash)
 
     @property
     def tmp_dir(self) -> Path:
         return self.out_dir.with_name(self.out_dir.name + ".tmp")
+
+    def owner(self) -> dict:
+        """What the run writes into the temporary directory it creates (atomic.OWNER_FILE)."""
+        return {"phase": self.phase, "task": self.task, "method_key": self.method_key, "seed": self.seed,
+                "rate": self.rate}
 
     @cached_property
     def seeds(self) -> RunSeeds:
@@ -110,6 +118,7 @@ class RunPlan:
             "training": self.training,
             "overrides": self.overrides,
             "data": self.data_cfg,
+            "data_hash": self.data_hash,
             "head_pattern": self.cfg["head_pattern"],
             "rate": self.rate,
             "source_dir": str(self.source_dir) if self.source_dir else None,
@@ -123,6 +132,10 @@ def _check_seed(seed: Any) -> int:
 
 
 def _check_out_dir(out_dir: Path) -> None:
+    for path in (out_dir, out_dir.with_name(out_dir.name + ".tmp")):
+        if path.is_symlink():
+            raise ValueError(f"--out {out_dir}: {path} is a symbolic link; a run never writes or clears through a "
+                             "link: move it away")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} exists and is not a directory")
     if out_dir.is_dir() and not (out_dir / "metrics.json").is_file() and any(out_dir.iterdir()):
@@ -162,12 +175,14 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
     check_method_applies(cfg, task, method_key, method)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    data_cfg = settings.data_config(cfg, task)
     return RunPlan(
         phase="train", cfg=cfg, config_path=str(config_path), task=task, method_key=method_key,
         method_name=name, method_options=options, seed=seed, out_dir=out_dir,
         training=settings.resolve_training(cfg, task, method_key, "train", overrides),
-        data_cfg=settings.data_config(cfg, task), overrides=dict(overrides or {}),
+        data_cfg=data_cfg, overrides=dict(overrides or {}),
         write_dense_diff=settings.needs_dense_diff(cfg, method_key),
+        data_hash=datahash.task_data_hash(task, data_cfg),
     )
 
 
@@ -216,6 +231,10 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
     if source.get("method_key") != expected_source:
         raise ValueError(f"--from {source_dir} is a run of {source.get('method_key')!r}; the prune runs of "
                          f"{method_key!r} take the runs of {expected_source!r}")
+    if source.get("seed") != seed:
+        raise ValueError(f"--from {source_dir} is the seed-{source.get('seed')} run; a prune run of seed {seed} "
+                         f"starts from the seed-{seed} run of {expected_source!r} (or pass --seed "
+                         f"{source.get('seed')})")
     from diffprune.registry import build_method
 
     # Unknown / invalid options still fail here. Whether the method applies to the model was
@@ -224,12 +243,13 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
     build_method(name, **options)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
+    data_cfg = settings.data_config(cfg, task)
     return RunPlan(
         phase="prune", cfg=cfg, config_path=str(config_path), task=task, method_key=method_key,
         method_name=name, method_options=options, seed=seed, out_dir=out_dir,
         training=settings.resolve_training(cfg, task, method_key, "prune", overrides),
-        data_cfg=settings.data_config(cfg, task), overrides=dict(overrides or {}),
-        rate=rate, source_dir=source_dir,
+        data_cfg=data_cfg, overrides=dict(overrides or {}),
+        rate=rate, source_dir=source_dir, data_hash=datahash.task_data_hash(task, data_cfg),
     )
 
 
@@ -770,23 +790,47 @@ def _file_bytes(directory: Path, exported: dict) -> int:
 # ----------------------------------------------------------------------------- verbs
 
 def execute(plan: RunPlan) -> dict | None:
-    """Run a planned train or prune run; returns its metrics (None: it had finished before)."""
-    import torch
+    """Run a planned train or prune run; returns its metrics (None: it had finished before).
 
+    The run's temporary directory is held with an exclusive lock for the whole job
+    (``atomic.claim_dir``): a second process asked for the same run (two workflow instances
+    after ``snakemake --unlock``) waits, then finds the run finished and skips it, never
+    touching the first one's files. A full disk is reported as "no space left" with the path.
+    """
     final_metrics = plan.out_dir / "metrics.json"
     if final_metrics.is_file():
         log(f"{plan.out_dir} is finished (metrics.json exists): skipping")
         return None
+    claim = claim_dir(plan.tmp_dir, plan.owner(),
+                      on_wait=lambda path: log(f"{path} is held by another process running this run: waiting "
+                                               "for it to end"))
+    try:
+        if final_metrics.is_file():
+            log(f"{plan.out_dir} was finished by another process while this one waited: skipping")
+            if claim.created:
+                clear_dir(claim.path)
+                claim.path.rmdir()
+            return None
+        return _execute_claimed(plan)
+    except Exception as error:
+        full = disk_full_error(plan.tmp_dir, error)
+        if full is not None:
+            raise full from error
+        raise
+    finally:
+        claim.release()
+
+
+def _execute_claimed(plan: RunPlan) -> dict:
+    import torch
+
     clock = PhaseClock()
     tmp = plan.tmp_dir
-    tmp.mkdir(parents=True, exist_ok=True)
     # Only the checkpoint survives from an interrupted attempt; partial exports are redone.
-    for leftover in tmp.iterdir():
-        if leftover.name == LEGACY_CHECKPOINT_NAME:
-            log(f"{leftover} is a checkpoint in the old pickle format: not read (unpickling can run code); "
-                "this run starts afresh")
-        if leftover.name != CHECKPOINT_NAME:
-            leftover.unlink() if leftover.is_file() else shutil.rmtree(leftover)
+    if (tmp / LEGACY_CHECKPOINT_NAME).exists():
+        log(f"{tmp / LEGACY_CHECKPOINT_NAME} is a checkpoint in the old pickle format: not read (unpickling can "
+            "run code); this run starts afresh")
+    clear_dir(tmp, keep=(CHECKPOINT_NAME, OWNER_FILE))
 
     training = plan.training
     if training["num_threads"]:
@@ -845,6 +889,9 @@ def execute(plan: RunPlan) -> dict | None:
 
     with clock.phase("train"):
         outcome = train_loop(plan, module, method, data, device, precision, extra)
+    if outcome.steps < 1:
+        raise ValueError(f"{plan.out_dir}: the run took no optimizer step (epochs {training['epochs']}, "
+                         f"max_steps {training['max_steps']}): a run that trained nothing is not published")
     log("evaluating")
     with clock.phase("evaluate"):
         evaluation = evaluate_module(task, module, data, training, device, precision)
@@ -899,13 +946,22 @@ def execute(plan: RunPlan) -> dict | None:
         "train_examples": data.train_examples, "train_examples_total": data.train_examples_total,
         "dev_examples": data.dev_examples, "dataset_note": data.note,
         "device": device_label(device), "precision": precision,
+        # The thread count changes the numbers on a CPU (reduction order), so it is on record.
+        "num_threads": torch.get_num_threads(),
+        "data_hash": plan.data_hash,
         "config": plan.resolved_config(), "versions": versions(),
     }
     (tmp / CHECKPOINT_NAME).unlink(missing_ok=True)
     metrics["timings"] = clock.as_dict()
     metrics = _json_safe(metrics)
     write_json(tmp / "metrics.json", metrics)
-    publish_dir(tmp, plan.out_dir)
+    # The ownership marker is the temporary directory's, not the result's.
+    (tmp / OWNER_FILE).unlink()
+    try:
+        publish_dir(tmp, plan.out_dir)
+    except BaseException:
+        write_json(tmp / OWNER_FILE, plan.owner())  # still this run's, for the next attempt
+        raise
     primary = (metrics["scores"] or {})
     log(f"done: {plan.out_dir} scores {primary}")
     return metrics
@@ -934,6 +990,10 @@ class EvaluatePlan:
 
 def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | None = None,
                   overrides: dict | None = None) -> EvaluatePlan:
+    out_path = Path(out_path)
+    if os.path.lexists(out_path):
+        raise ValueError(f"--out {out_path} exists: evaluate never reuses or overwrites a result file "
+                         "(its scores could be another diff's); delete it or choose another --out")
     cfg = settings.load_config(config_path)
     settings.check_task(task)
     if model_key is not None:
@@ -948,16 +1008,19 @@ def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | 
     # A dense diff, a foreign file or another task's diff is refused before any model loads.
     header = read_header(diff_path, expected_format=FORMAT)
     check_task(header, task, task_label_set(get_task(task)), f"--diff {diff_path}")
+    out_path = Path(out_path)
+    if os.path.lexists(out_path):
+        raise ValueError(f"--out {out_path} exists: evaluate never reuses or overwrites a result file "
+                              "(its scores could be another diff's); delete it or choose another --out")
     return EvaluatePlan(cfg=cfg, config_path=str(config_path), task=task, diff_path=diff_path,
-                        out_path=Path(out_path), training=settings.resolve_training(cfg, task, None, "train", overrides),
+                        out_path=out_path, training=settings.resolve_training(cfg, task, None, "train", overrides),
                         data_cfg=settings.data_config(cfg, task), model_key=model_key)
 
 
 def execute_evaluate(plan: EvaluatePlan) -> dict | None:
     """Load the shared base model, apply a stored sparse diff, evaluate, write the JSON."""
-    if plan.out_path.is_file():
-        log(f"{plan.out_path} exists: skipping")
-        return None
+    if os.path.lexists(plan.out_path):
+        raise FileExistsError(f"--out {plan.out_path} exists: delete it or choose another --out")
     from diffprune.storage import apply_diff_, load_diff
 
     import torch
@@ -980,6 +1043,7 @@ def execute_evaluate(plan: EvaluatePlan) -> dict | None:
         "metrics": evaluation.get("metrics"), "primary_metric": task.primary_metric,
         "scores": evaluation.get("scores"), "dev_examples": data.dev_examples,
         "dataset_note": data.note, "device": device_label(device), "precision": precision,
+        "num_threads": torch.get_num_threads(), "data_hash": datahash.task_data_hash(plan.task, plan.data_cfg),
         "config": {"name": plan.cfg["name"], "config_file": plan.config_path, "model_key": plan.cfg["model"],
                    "model": settings.model_spec(plan.cfg), "training": plan.training, "data": plan.data_cfg},
         "versions": versions(),

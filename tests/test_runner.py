@@ -29,7 +29,7 @@ METRICS_FIELDS = {
     "primary_metric", "scores", "before_finetune", "source_scores", "majority_scores", "new_params",
     "new_params_pct", "pretrained_params", "diffed_params", "nonzeros", "bytes_per_task", "train_seconds",
     "seconds_per_step", "peak_memory_bytes", "steps", "epochs", "train_examples", "train_examples_total",
-    "dev_examples", "dataset_note", "device", "config", "versions",
+    "dev_examples", "dataset_note", "device", "num_threads", "data_hash", "config", "versions",
 }
 
 

@@ -76,7 +76,7 @@ def test_resolution_order_and_prune_phase(tmp_path):
     assert cola["epochs"] == 9 and cola["learning_rate"] == 3e-4 and cola["fixed_mask_epochs"] == 2
     assert settings.resolve_training(cfg, "cola", "full_finetuning")["learning_rate"] == 2e-5
     assert settings.resolve_training(cfg, "cola", "diff_pruning", overrides={"epochs": 1})["epochs"] == 1
-    assert settings.method_task_training(cfg, "diff_pruning", "cola") == {"epochs": 9, "learning_rate": "3e-4"}
+    assert settings.method_task_training(cfg, "diff_pruning", "cola") == {"epochs": 9, "learning_rate": 3e-4}
     assert settings.method_task_training(cfg, "diff_pruning", "rte") == {}
 
     prune = settings.resolve_training(cfg, "rte", "diff_pruning", phase="prune")
@@ -89,19 +89,19 @@ def test_resolution_order_and_prune_phase(tmp_path):
     ("tasks: [rte, wnli]\nmethods: {full_finetuning: }", "unknown task 'wnli'"),
     ("task_training: {mnli_m: {epochs: 1}}\nmethods: {full_finetuning: }", "unknown task 'mnli_m'"),
     ("methods: {ft: {method: prefix_tuning}}", "unknown method 'prefix_tuning'"),
-    ("rates: [0]\nmethods: {full_finetuning: }", "(0, 100]"),
-    ("rates: [150]\nmethods: {full_finetuning: }", "(0, 100]"),
+    ("rates: [0]\nmethods: {full_finetuning: }", "rates.0 must be > 0 (percent of the diffed parameters kept, in (0, 100])"),
+    ("rates: [150]\nmethods: {full_finetuning: }", "rates.0 must be <= 100"),
     ("model: gpt5\nmethods: {full_finetuning: }", "unknown model key 'gpt5'"),
     ("methods: {nonadaptive: {method: nonadaptive_diff_pruning}}", "no methods entry has `method: full_finetuning`"),
     ("training: {learnin_rate: 1}\nmethods: {full_finetuning: }", "unknown training setting(s) ['learnin_rate']"),
-    ("training: {precision: fp8}\nmethods: {full_finetuning: }", "precision must be one of"),
+    ("training: {precision: fp8}\nmethods: {full_finetuning: }", "training.precision must be one of auto, fp32, bf16, fp16"),
     ("methods: {adapters: {method: adapters, bottlenek: 4}}", "no option(s) ['bottlenek']"),
     ("methods: {}", "methods is empty"),
     ("methods: {full_finetuning: {task_training: {wnli: {epochs: 1}}}}",
      "unknown task 'wnli' in methods.full_finetuning.task_training"),
     ("methods: {full_finetuning: {task_training: {rte: {epoch: 1}}}}", "unknown training setting(s) ['epoch']"),
-    ("methods: {full_finetuning: {task_training: [rte]}}", "must map task names to training settings"),
-    ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds must be a non-empty list"),
+    ("methods: {full_finetuning: {task_training: [rte]}}", "methods.full_finetuning.task_training must be a mapping"),
+    ("seeds: [-1]\nmethods: {full_finetuning: }", "seeds.0 must be >= 0, got -1"),
     ("unknown_section: 1\nmethods: {full_finetuning: }", "unknown top-level key"),
 ])
 def test_invalid_configs_are_rejected_clearly(tmp_path, body, message):
@@ -185,8 +185,8 @@ def test_method_entries_choose_their_own_tasks_and_seeds(tmp_path):
 
 @pytest.mark.parametrize("entry, message", [
     ("{method: full_finetuning, tasks: [cola]}", "which the config's `tasks` does not run"),
-    ("{method: full_finetuning, tasks: []}", "non-empty list of task names"),
-    ("{method: full_finetuning, task_seeds: {rte: [-1]}}", "methods.ft.task_seeds.rte must be a non-empty list"),
+    ("{method: full_finetuning, tasks: []}", "methods.ft.tasks must be a non-empty list"),
+    ("{method: full_finetuning, task_seeds: {rte: [-1]}}", "methods.ft.task_seeds.rte.0 must be >= 0"),
     ("{method: full_finetuning, task_seeds: {wnli: [0]}}", "unknown task 'wnli'"),
     ("{method: full_finetuning, tasks: [sst2]}", "drop it from methods.nonadaptive.tasks"),
     ("{method: full_finetuning, task_seeds: {rte: [1]}}", "give methods.ft those seeds too"),
@@ -224,7 +224,7 @@ def test_parse_overrides():
 
 def test_bad_values_in_training():
     cfg = settings.fill_defaults({"methods": {"full_finetuning": None}, "training": {"batch_size": 0}})
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="training.batch_size must be >= 1"):
         settings.resolve_training(cfg, "rte", "full_finetuning")
     with pytest.raises(ValueError, match="unknown task"):
         settings.resolve_training(cfg, "glue", "full_finetuning")
@@ -279,3 +279,91 @@ def test_a_run_checks_only_the_data_folder_its_task_reads(tmp_path, monkeypatch)
         settings.data_config(cfg, "squad")
     with pytest.raises(FileNotFoundError, match=r"\$SQUAD_DIR"):
         settings.data_config(cfg)
+
+
+# ----------------------------------------------------------------------------- issue 16: schema probes
+
+def _error_of(tmp_path, body: str) -> str:
+    with pytest.raises(ValueError) as error:
+        settings.load_config(write(tmp_path, body))
+    return str(error.value)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "", "my run"])
+def test_run_set_name_is_one_safe_path_segment(tmp_path, name):
+    """`name: ..` wrote results/../README.md (the repository's own) and runs/ into the root."""
+    message = _error_of(tmp_path, f"name: {name!r}\ntasks: [rte]\nmethods: {{full_finetuning: }}")
+    assert message.endswith(f"name must be one path segment (letters, digits, '_', '.', '-'; not '.' or '..'), "
+                            f"got {name!r}")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("rates: 0.5", "rates must be a list, got the single value 0.5: write `rates: [0.5]`"),
+    ("seeds: 1", "seeds must be a list, got the single value 1: write `seeds: [1]`"),
+    ("tasks: rte", "tasks must be a list, got the single value 'rte': write `tasks: [rte]`"),
+    ("rates: [abc]", "rates.0 must be a number, got 'abc' (a string)"),
+    ("training: {learning_rate: fast}", "training.learning_rate must be a number, got 'fast' (a string)"),
+    ("training: {batch_size: 8x}", "training.batch_size must be an integer, got '8x' (a string)"),
+    ("training: {max_grad_norm: -1}", "training.max_grad_norm must be >= 0"),
+    ("training: {learning_rate: -1.0e-5}", "training.learning_rate must be > 0"),
+    ("training: {epochs: 0}", "training.epochs must be >= 1"),
+    ("task_training: {rte: {fixed_mask_epochs: 0}}", "task_training.rte.fixed_mask_epochs must be >= 1"),
+])
+def test_scalars_and_bad_values_name_the_key_and_the_fix(tmp_path, body, message):
+    methods = "" if body.startswith("methods") else "\nmethods: {full_finetuning: }"
+    tasks = "" if body.startswith("tasks") else "tasks: [rte]\n"
+    assert message in _error_of(tmp_path, tasks + body + methods)
+
+
+def test_methods_as_a_list_is_a_clear_error(tmp_path):
+    message = _error_of(tmp_path, "tasks: [rte]\nmethods: [full_finetuning, bitfit]")
+    assert "methods must be a mapping of `key: value` entries, got a list" in message
+    assert "methods: {full_finetuning: {method: full_finetuning}}" in message
+
+
+def test_yaml_1_1_exponents_are_numbers(tmp_path):
+    """PyYAML reads `1e-7` (no dot) as a string; the job then failed with a TypeError."""
+    cfg = settings.load_config(write(tmp_path, """
+        tasks: [rte]
+        training: {learning_rate: 1e-4}
+        methods: {dp: {method: diff_pruning, l0_lambda: 1e-7}}
+    """))
+    assert settings.method_entry(cfg, "dp")[1] == {"l0_lambda": 1e-7}
+    assert settings.resolve_training(cfg, "rte", "dp")["learning_rate"] == 1e-4
+    assert settings.parse_overrides(["learning_rate=3e-5"]) == {"learning_rate": 3e-5}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{method: diff_pruning, structured: 'false'}", "methods.dp.structured must be true or false, got 'false' (a string)"),
+    ("{method: diff_pruning, left: 0.5}", "methods.dp.left must be < 0 (l < 0, lower end of the Hard-Concrete"),
+    ("{method: diff_pruning, l0_lambda: -1.0}", "methods.dp.l0_lambda must be >= 0"),
+    ("{method: adapters, bottleneck: 8x}", "methods.dp.bottleneck must be an integer, got '8x'"),
+    ("{method: lora, lora_dropout: 1.5}", "methods.dp.lora_dropout must be < 1"),
+    ("{method: critical_layers, ranking_metric: cosine}", "methods.dp.ranking_metric must be one of relative_l2, angle_deg"),
+    ("{method: critical_layers, layers: layer_4}", "methods.dp.layers must be a list or null, got the single value"),
+])
+def test_method_options_are_typed_and_ranged_at_planning(tmp_path, entry, message):
+    """A bad option used to pass planning and fail in every job (`left`), or be read by
+    truthiness (`structured: "false"` trained the structured variant)."""
+    assert message in _error_of(tmp_path, f"tasks: [rte]\nmethods:\n  full_finetuning:\n  dp: {entry}")
+
+
+def test_options_the_schema_does_not_declare_take_their_default_type(monkeypatch):
+    from diffprune.registry import method_class
+
+    monkeypatch.setattr(settings.config_schema, "method_options_schema", lambda name: None)
+    cls = method_class("diff_pruning")
+    with pytest.raises(ValueError, match=r"methods.dp.structured must be true or false \(its default is False\)"):
+        settings.check_method_options("dp", "diff_pruning", cls, {"structured": "false"})
+    settings.check_method_options("dp", "diff_pruning", cls, {"structured": True, "l0_lambda": 1})
+
+
+def test_training_settings_are_typed_with_help():
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(settings.TrainingSettings)}
+    assert set(fields) == set(settings.TRAINING_DEFAULTS)
+    assert "clipping" in fields["max_grad_norm"].metadata["help"]
+    typed = settings.config_schema.typed_training({**settings.TRAINING_DEFAULTS, "learning_rate": 1, "epochs": 2.0})
+    assert typed.learning_rate == 1.0 and isinstance(typed.learning_rate, float)
+    assert typed.epochs == 2 and isinstance(typed.epochs, int)

@@ -203,6 +203,12 @@ class GlueTask(Task):
             for column, position in zip(texts, positions[:-1]):
                 column.append(row[position])
             labels.append(label)
+        if not labels:
+            # Checked here, before any training: an empty dev set would otherwise fail only
+            # at the evaluation after a whole training run.
+            raise ValueError(f"{path} holds no data rows" + (f" ({skipped} malformed rows skipped)" if skipped else "")
+                             + ": the file is truncated or empty; restore it from the GLUE download, or point "
+                               "data.glue_dir / $GLUE_DIR at a complete copy")
         return RawSplit(texts[0], texts[1] if len(texts) > 1 else None, labels, skipped)
 
     def _read_local(self, glue_dir: Path) -> dict[str, RawSplit]:

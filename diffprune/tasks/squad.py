@@ -31,18 +31,31 @@ ARTICLE_SPLIT_NOTE = "SQuAD v1.1 dev, article split"
 
 def read_squad_json(path: Path) -> list[dict]:
     """Flattens a SQuAD v1.1 file into one dict per question, in the Hub's field layout."""
-    with open(path, encoding="utf-8") as handle:
-        articles = json.load(handle)["data"]
+    fix = "restore it from the SQuAD v1.1 download, or point data.squad_dir / $SQUAD_DIR at a complete copy"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): the file is truncated or damaged; {fix}") from None
+    articles = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(articles, list):
+        raise ValueError(f"{path} is not a SQuAD file: it has no `data` list of articles; {fix}")
     examples = []
-    for article in articles:
-        for paragraph in article["paragraphs"]:
-            for qa in paragraph["qas"]:
-                examples.append({
-                    "id": qa["id"], "title": article.get("title", ""), "context": paragraph["context"],
-                    "question": qa["question"],
-                    "answers": {"text": [a["text"] for a in qa["answers"]],
-                                "answer_start": [a["answer_start"] for a in qa["answers"]]},
-                })
+    try:
+        for article in articles:
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    examples.append({
+                        "id": qa["id"], "title": article.get("title", ""), "context": paragraph["context"],
+                        "question": qa["question"],
+                        "answers": {"text": [a["text"] for a in qa["answers"]],
+                                    "answer_start": [a["answer_start"] for a in qa["answers"]]},
+                    })
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: question {len(examples) + 1} is malformed (missing or wrong field: {error}); "
+                         f"{fix}") from None
+    if not examples:
+        raise ValueError(f"{path} holds no questions: the file is empty or truncated; {fix}")
     return examples
 
 
@@ -182,8 +195,8 @@ class SquadTask(Task):
 
     def _how_to_go_local(self) -> str:
         return (f"set data.squad_dir in the config or the SQUAD_DIR environment variable to a folder "
-                f"holding {DEFAULT_TRAIN_FILE} and {DEFAULT_DEV_FILE} (or data.squad_train_file / "
-                f"data.squad_dev_file)")
+                f"holding {DEFAULT_TRAIN_FILE} and {DEFAULT_DEV_FILE} (or the article split's "
+                f"{ARTICLE_SPLIT_TRAIN_FILE} and {ARTICLE_SPLIT_DEV_FILE})")
 
     def local_files(self, squad_dir: Path, data_cfg: Mapping[str, Any]) -> tuple[Path, Path, str]:
         """(train file, dev file, note) in ``squad_dir``: the configured names, else the

@@ -126,3 +126,17 @@ def test_data_folders_are_written_without_the_machines_paths(tmp_path, monkeypat
     summary, _ = collect(tmp_path / "runs")
     assert summary.loc[0, "config.data.glue_dir"] == "resources/glue"
     assert summary.loc[0, "config.data.squad_dir"] == "<external>/squad-copy"
+
+
+def test_only_the_configs_runs_are_collected_and_the_rest_named(runs_tree, tmp_path, caplog):
+    """Runs of a method dropped from the config stayed in summary.csv, Table 1 and the README."""
+    kept = runs_tree / "rte" / "full_finetuning" / "seed0"
+    out = tmp_path / "summary.csv"
+    with caplog.at_level("WARNING"):
+        assert main(["collect", "--runs", str(runs_tree), "--out", str(out), "--only", str(kept)]) == 0
+    assert pd.read_csv(out)["run_dir"].tolist() == ["rte/full_finetuning/seed0"]
+    assert ("ignored 1 finished run(s) under" in caplog.text
+            and "rte/structured_diff_pruning/rate0.5/seed0" in caplog.text)
+    # a run the config asks for that has not finished is an error, not a silent gap
+    with pytest.raises(AnalysisError, match="rte/bitfit/seed0 holds no metrics.json: it is not finished"):
+        collect(runs_tree, [kept, runs_tree / "rte" / "bitfit" / "seed0"])

@@ -248,3 +248,11 @@ def test_real_rte_loads_end_to_end(glue_dir, tiny_tokenizer):
     assert (data.train_examples, data.train_examples_total, data.dev_examples) == (100, 2490, 277)
     assert data.note == "train subsampled to 100 of 2490 examples (seed 0)"
     assert task.majority_baseline(data)["scores"]["rte"] > 45.0
+
+
+def test_a_split_with_only_a_header_is_refused_before_training(fixture_glue_dir, tiny_tokenizer):
+    """An SST-2 dev.tsv holding only its header trained fully, then failed with KeyError 'input_ids'."""
+    dev = fixture_glue_dir / "SST-2" / "dev.tsv"
+    dev.write_text("sentence\tlabel\n")
+    with pytest.raises(ValueError, match=f"{dev} holds no data rows: the file is truncated or empty; restore it"):
+        get_task("sst2").load(tiny_tokenizer, {"glue_dir": str(fixture_glue_dir)}, max_seq_length=32)

@@ -1,6 +1,8 @@
 """SQuAD v1.1: file resolution, sliding-window features, post-processing round trip, scoring."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -224,3 +226,27 @@ def test_real_article_split(squad_dir, tiny_tokenizer):
     data = task.load(tiny_tokenizer, {"squad_dir": squad_dir}, 384, max_train_examples=20,
                      max_eval_examples=20, doc_stride=128)
     assert data.note.startswith("SQuAD v1.1 dev, article split; train subsampled to 20 of 8582")
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"version": "1.1", "data": [{"title": "t", "paragr', "is not valid JSON .* the file is truncated or damaged"),
+    ("{}", "is not a SQuAD file: it has no `data` list of articles"),
+    ('{"data": []}', "holds no questions: the file is empty or truncated"),
+    ('{"data": [{"title": "t", "paragraphs": [{"qas": [{"id": "q1", "question": "why"}]}]}]}',
+     "question 1 is malformed .missing or wrong field: 'context'"),
+])
+def test_a_broken_squad_file_is_named(tmp_path, content, message):
+    """A truncated or `{}` SQuAD JSON failed with a JSONDecodeError / KeyError naming no file."""
+    path = tmp_path / "dev-v1.1.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=f"{path}:? {message}"):
+        read_squad_json(path)
+
+
+def test_the_no_data_hint_names_only_keys_the_config_accepts(monkeypatch, tiny_tokenizer):
+    from diffprune import config_schema
+
+    hint = get_task("squad")._how_to_go_local()
+    data_keys = set(config_schema.schema()["properties"]["data"]["properties"])
+    named = set(re.findall(r"data\.(\w+)", hint))
+    assert named and named <= data_keys, f"the hint names {named - data_keys}, which a config may not set"

@@ -182,3 +182,12 @@ def test_lint_is_clean():
     proc = run_snakemake("--lint", check=False)
     text = proc.stdout + proc.stderr
     assert "Congratulations, your workflow is in a good condition!" in text, text[-4000:]
+
+
+def test_a_run_set_name_leaving_results_fails_planning():
+    """`name: ..` wrote the run set's README.md over the repository's own."""
+    (PRISTINE / "config" / "escape.yaml").write_text("name: '..'\ntasks: [rte]\nmethods: {full_finetuning: }\n")
+    proc = run_snakemake("-n", "--nolock", "--configfile", "config/escape.yaml", check=False)
+    assert proc.returncode != 0
+    assert "name must be one path segment (letters, digits, '_', '.', '-'; not '.' or '..'), got '..'" in (
+        proc.stdout + proc.stderr)

@@ -7,7 +7,9 @@ rates, one epoch. Along the way:
     runs are finished; the next plan re-runs exactly the unfinished ones;
   - the finished workflow leaves summary.csv, every table and figure and README.md;
   - a second invocation does nothing; editing one method's options re-runs only its jobs;
-  - `snakemake --report` embeds the figures and the tables.
+  - `snakemake --report` embeds the figures and the tables;
+  - a data copy with a changed file re-runs exactly the runs of that task (an identical copy
+    elsewhere, none); a method dropped from the config leaves summary.csv and the README.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffprune import settings
+from diffprune import datahash, settings
 from workflow_helpers import REPO, SNAKEMAKE, job_counts, run_snakemake, snakemake_env
 
 pytestmark = pytest.mark.slow
@@ -175,8 +177,38 @@ def test_workflow_end_to_end(workdir):
     (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     plan = job_counts(run_snakemake(*snakemake_args("-n"), cwd=workdir, env=env).stdout)
     assert plan == {"train": len(cfg["tasks"]), "collect": 1, "tables": 1, "figures": 1, "readme": 1, "all": 1}
+    config["methods"]["lora"]["rank"] = 2  # back to what ran
+    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     # --- 5. the HTML report carries the figures and the tables ---------------------------
     run_snakemake("--configfile", "e2e.yaml", "--report", "report.html", cwd=workdir, env=env)
     report = (workdir / "report.html").read_text(errors="replace")
     assert "figure1_left_average_vs_rate" in report and "table1_main" in report
+
+    # --- 6. another copy of the data re-runs exactly the runs whose data changed ------------
+    # (it used to run only the data job, print "100% done" and keep every old run)
+    copy = workdir / "data" / "glue-copy"
+    shutil.copytree(workdir / "data" / "glue", copy)
+    config["data"]["glue_dir"] = str(copy)
+    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    plan = job_counts(run_snakemake(*snakemake_args("-n"), cwd=workdir, env=env).stdout)
+    assert "train" not in plan and "prune" not in plan  # same files elsewhere: nothing to redo
+    train_tsv = copy / "RTE" / "train.tsv"
+    train_tsv.write_text(train_tsv.read_text() + "24\tthe cat sat\tthe dog sat\tentailment\n")
+    plan = job_counts(run_snakemake(*snakemake_args("-n"), cwd=workdir, env=env).stdout)
+    rte_runs = [r for r in expected_runs if r["task"] == "rte"]
+    assert plan.get("train") == sum(r["phase"] == "train" for r in rte_runs)
+    assert plan.get("prune") == sum(r["phase"] == "prune" for r in rte_runs)
+    runs_data_hash = json.loads((results / "runs/rte/full_finetuning/seed0/metrics.json").read_text())["data_hash"]
+    assert runs_data_hash == datahash.task_data_hash("rte", {"glue_dir": str(workdir / "data" / "glue")})
+
+    # --- 7. a method dropped from the config leaves the tables ----------------------------
+    config["data"]["glue_dir"] = str(workdir / "data" / "glue")
+    del config["methods"]["bitfit"]
+    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    done = run_snakemake(*snakemake_args(), cwd=workdir, env=env)
+    assert "rule train" not in done.stdout + done.stderr and "rule prune" not in done.stdout + done.stderr
+    summary = (results / "summary.csv").read_text()
+    assert "bitfit" not in summary and len(summary.strip().splitlines()) - 1 == len(expected_runs) - len(cfg["tasks"])
+    assert "bitfit" not in (results / "README.md").read_text()
+    assert "ignored 3 finished run(s)" in (results / "logs/analysis/collect.log").read_text()

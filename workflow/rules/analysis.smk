@@ -1,6 +1,8 @@
-# Analysis, at the end of the DAG: every run -> summary.csv (+ layers.csv) -> the claims table,
-# tables and figures -> results/<name>/README.md (opening with the claims table). Cheap, so
-# they run on the submitting machine.
+# Analysis, at the end of the DAG: the config's runs -> summary.csv (+ layers.csv) -> the
+# claims table, tables and figures -> results/<name>/README.md (opening with the claims
+# table). collect reads exactly the runs the config expands to (--only): finished runs of a
+# method, task, rate or seed dropped from the config are named in its log and left out.
+# Cheap, so they run on the submitting machine.
 
 
 rule collect:
@@ -24,7 +26,7 @@ rule collect:
     localrule: True
     shell:
         "{params.python:q} -m analysis collect --runs {params.runs:q} --out {output.summary:q} "
-        "--layers-out {output.layers:q} > {log:q} 2>&1"
+        "--layers-out {output.layers:q} --only {input:q} > {log:q} 2>&1"
 
 
 # Tables 1-5 come and go with the run set (no SQuAD runs: no Table 4), hence a directory; the

@@ -1,7 +1,8 @@
 # Shared state of the DAG: the config as diffprune reads it, the run list, path patterns and
-# the small helpers the rules call. Everything about *which* runs exist comes from
-# diffprune.settings, the same module the runner reads the config with, so the workflow and
-# the runner can never disagree about a run.
+# the small helpers the rules call. The config is checked against
+# workflow/schemas/config.schema.yaml (by diffprune.settings, as the runner does, and by
+# snakemake.utils.validate); everything about *which* runs exist comes from
+# diffprune.rungraph, so the workflow and the runner can never disagree about a run.
 
 import json
 import os
@@ -11,12 +12,13 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 # Planning imports diffprune from this checkout even when it is not pip-installed.
 sys.path.insert(0, workflow.basedir)
 
-from diffprune import settings  # noqa: E402
+from diffprune import config_schema, datahash, rungraph, settings  # noqa: E402
 from diffprune.tasks import GLUE_SPECS  # noqa: E402
 
 # Jobs run with the interpreter running Snakemake: `python` on PATH may be another one
@@ -58,6 +60,9 @@ try:
     CFG = settings.load_config(CONFIG_FILE)
 except (ValueError, FileNotFoundError) as error:
     raise WorkflowError(f"invalid config: {error}") from None
+# The same schema through Snakemake's validator (on the file as diffprune reads it: YAML 1.2
+# numbers); load_config above has already named any offending key and its fix.
+validate(config_schema.read_config_file(CONFIG_FILE), str(config_schema.SCHEMA_PATH), set_default=False)
 
 NAME = CFG["name"]
 RESULTS = f"results/{NAME}"
@@ -66,18 +71,18 @@ LOGS = f"{RESULTS}/logs"
 
 # ------------------------------------------------------------------------- runs to make
 
-RUNS = settings.expand_runs(CFG)
-TRAIN_KEYS = [k for k in CFG["methods"] if settings.trains(CFG, k)]
-PROJECTED_KEYS = settings.projected_keys(CFG)
+RUNS = rungraph.expand_runs(CFG)
+TRAIN_KEYS = [k for k in CFG["methods"] if rungraph.trains(CFG, k)]
+PROJECTED_KEYS = rungraph.projected_keys(CFG)
 
-# Output patterns; settings.run_dir is the reference layout (docs/ARCHITECTURE.md) and the
+# Output patterns; rungraph.run_dir is the reference layout (docs/ARCHITECTURE.md) and the
 # targets below are built with it, so a mismatch would fail planning, not go unnoticed.
 TRAIN_RUN = f"{RUNS_ROOT}/{{task}}/{{key}}/seed{{seed}}"
 PRUNE_RUN = f"{RUNS_ROOT}/{{task}}/{{key}}/rate{{rate}}/seed{{seed}}"
 
 
 def run_path(task, key, seed, rate=None) -> str:
-    return str(settings.run_dir("results", CFG, task, key, int(seed), rate))
+    return str(rungraph.run_dir("results", CFG, task, key, int(seed), rate))
 
 
 RUN_DIRS = [run_path(r["task"], r["key"], r["seed"], r["rate"]) for r in RUNS]
@@ -102,6 +107,13 @@ try:
 except FileNotFoundError as error:
     raise WorkflowError(str(error)) from None
 
+# The content hash of each task's data files (datahash): part of every run's settings, so a
+# data copy whose files differ re-runs exactly the runs of the tasks it changes.
+try:
+    DATA_HASH = {task: datahash.task_data_hash(task, DATA) for task in CFG["tasks"]}
+except (FileNotFoundError, ValueError) as error:
+    raise WorkflowError(f"data: {error}") from None
+
 GLUE_TASKS = [t for t in CFG["tasks"] if t in GLUE_SPECS]
 GLUE_FOLDERS = {t: GLUE_SPECS[t].folder for t in GLUE_TASKS}
 
@@ -110,6 +122,33 @@ def data_manifest(task: str) -> str:
     if task == "squad":
         return "resources/squad/manifest.json"
     return f"resources/glue/{GLUE_FOLDERS[task]}/manifest.json"
+
+
+_NOT_RECORDED = object()
+
+
+def _recorded_data_hash(run_dir: str):
+    """The data hash a finished run recorded (``_NOT_RECORDED``: unfinished, or older than the field)."""
+    try:
+        return json.loads(Path(run_dir, "metrics.json").read_text()).get("data_hash", _NOT_RECORDED)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return _NOT_RECORDED
+
+
+def run_data_input(wildcards):
+    """A run's data manifest, as an input.
+
+    Ancient (its rewrite does not re-run the run) unless the finished run recorded a data hash
+    other than the current one. Snakemake's params trigger alone misses that case when the
+    data job re-runs in the same invocation (a new GLUE_DIR): it skips the downstream jobs of
+    a job that re-runs when their input from it is ancient. An identical copy elsewhere keeps
+    the hash, so its runs stay finished.
+    """
+    manifest = data_manifest(wildcards.task)
+    run = run_path(wildcards.task, wildcards.key, wildcards.seed, getattr(wildcards, "rate", None))
+    recorded = _recorded_data_hash(run)
+    stale = recorded is not _NOT_RECORDED and recorded != DATA_HASH[wildcards.task]
+    return manifest if stale else ancient(manifest)
 
 
 # Jobs read the linked copies in resources/ (a glue_data layout of just this config's tasks);
@@ -148,20 +187,21 @@ def run_settings(task: str, key: str, phase: str) -> str:
         "model": settings.model_spec(CFG),
         "training": settings.resolve_training(CFG, task, key, phase),
         "head_pattern": CFG["head_pattern"],
+        "data_hash": DATA_HASH[task],
     }
     if phase == "prune":
-        values["source_key"] = settings.source_key(CFG, key)
+        values["source_key"] = rungraph.source_key(CFG, key)
     return json.dumps(values, sort_keys=True, default=str)
 
 
 def source_run(wildcards) -> str:
     """The train run a prune run starts from: its own L0 phase, or the reused run."""
-    return run_path(wildcards.task, settings.source_key(CFG, wildcards.key), wildcards.seed)
+    return run_path(wildcards.task, rungraph.source_key(CFG, wildcards.key), wildcards.seed)
 
 
 def needed_run(wildcards) -> list[str]:
     """The finished run a train run reads first (critical_layers: full finetuning), if any."""
-    needed = settings.needed_key(CFG, wildcards.key)
+    needed = rungraph.needed_key(CFG, wildcards.key)
     return [run_path(wildcards.task, needed, wildcards.seed)] if needed else []
 
 

@@ -5,6 +5,9 @@
 #          finetuning. Non-adaptive diff pruning has no train job of its own; its prune jobs
 #          start from the full-finetuning run of the same task and seed (Method.reuses).
 #
+# A run's settings (a rule parameter) include the content hash of its task's data, so a data
+# copy whose files differ re-runs exactly the runs of that task (see run_data_input).
+#
 # Each job's output is its run directory, which the runner writes as DIR.tmp and renames
 # when complete: a directory that exists is finished, so an interrupted workflow re-runs
 # only the jobs whose directories are missing (and resumes them from DIR.tmp/checkpoint.safetensors).
@@ -15,7 +18,7 @@
 
 rule train:
     input:
-        data=lambda wildcards: ancient(data_manifest(wildcards.task)),
+        data=run_data_input,
         needed=needed_run,
     output:
         run=directory(TRAIN_RUN),
@@ -44,7 +47,7 @@ rule train:
 rule prune:
     input:
         source=source_run,
-        data=lambda wildcards: ancient(data_manifest(wildcards.task)),
+        data=run_data_input,
     output:
         run=directory(PRUNE_RUN),
     params:
