@@ -7,7 +7,6 @@ once so that they differ only in which parameters they select.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from diffprune.atomic import write_with
 from diffprune.methods import Method
 
 
@@ -73,12 +73,10 @@ def cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def save_tensors(tensors: dict[str, torch.Tensor], out_dir, file_name: str, **metadata) -> str:
     """Write ``tensors`` to ``out_dir/file_name`` (safetensors); metadata values are JSON-encoded."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     header = {key: json.dumps(value, sort_keys=True, default=str) for key, value in metadata.items()}
-    save_file(cpu_copy(tensors), str(out_dir / file_name), metadata=header)
-    # safetensors creates its files owner-only (0600); results are shared like metrics.json.
-    os.chmod(out_dir / file_name, 0o644)
+    tensors = cpu_copy(tensors)
+    # Atomically, with the permissions the umask gives, like every other output.
+    write_with(Path(out_dir) / file_name, lambda tmp: save_file(tensors, str(tmp), metadata=header))
     return file_name
 
 
