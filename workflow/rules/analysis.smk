@@ -29,6 +29,46 @@ rule collect:
         "--layers-out {output.layers:q} --only {input:q} > {log:q} 2>&1"
 
 
+# Table 5's serving part: N tasks switched on one base, measured on the run set's own diff
+# files (diffprune/serve.py). Of the configured prune runs it takes the method key whose diffs
+# cover the most tasks, then its largest rate and smallest seed; no prune runs, no serving.
+def _serving_choice():
+    by_entry = {}
+    for run in RUNS:
+        if run["rate"] is not None:
+            by_entry.setdefault((run["key"], run["rate"], run["seed"]), []).append(run)
+    if not by_entry:
+        return None, []
+    best = max(by_entry, key=lambda entry: (len(by_entry[entry]), entry[1], -entry[2]))
+    return best, [run_path(r["task"], r["key"], r["seed"], r["rate"]) for r in by_entry[best]]
+
+
+SERVING, SERVING_RUNS = _serving_choice()
+SERVING_FILE = f"{RESULTS}/serving.json"
+
+
+if SERVING is not None:
+
+    rule serving:
+        input:
+            SERVING_RUNS,
+        output:
+            SERVING_FILE,
+        params:
+            python=untracked(PYTHON),
+            config=untracked(CONFIG_FILE),
+            runs=lambda wildcards, output: os.path.join(os.path.dirname(output[0]), "runs"),
+            choice=f"--method-key {SERVING[0]} --rate {SERVING[1]} --seed {SERVING[2]}",
+        conda:
+            CONDA_ENV
+        log:
+            f"{LOGS}/analysis/serving.log",
+        threads: 1
+        shell:
+            "{params.python:q} -m diffprune.serve --config {params.config:q} --runs {params.runs:q} "
+            "{params.choice} --out {output:q} > {log:q} 2>&1"
+
+
 # Tables 1-5 come and go with the run set (no SQuAD runs: no Table 4), hence a directory; the
 # claims table is written on every run set (a claim lacking runs says "not testable here"), so
 # it is also declared by name. Snakemake allows files inside a directory output of the same job.
@@ -36,6 +76,7 @@ rule tables:
     input:
         summary=f"{RESULTS}/summary.csv",
         layers=f"{RESULTS}/layers.csv",
+        serving=[SERVING_FILE] if SERVING is not None else [],
     output:
         tables=report(
             directory(f"{RESULTS}/tables"),
