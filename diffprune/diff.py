@@ -165,6 +165,7 @@ class DiffPrunedModel(ReparametrizedModel):
 
     def resample(self, step: int) -> None:
         """Draw this optimizer step's gate noise (call once per step, before its forwards)."""
+        self._penalty_pending = False
         self._draw(step, self.config.mask_seed + 1, TRAIN_SAMPLE_DTYPE)
 
     def use_fixed_sample(self) -> None:
@@ -208,8 +209,38 @@ class DiffPrunedModel(ReparametrizedModel):
         self._check_usable()
         return ExpectedL0.apply(self.config.log_ratio, self.group_alpha, *self.alpha)
 
-    def penalty(self) -> torch.Tensor:
-        return self.config.l0_lambda * self.expected_l0()
+    def penalty(self, alpha_gradient: bool = True) -> torch.Tensor:
+        """lambda * expected L0.
+
+        ``alpha_gradient=False``: the value, differentiable in the group gates only; the
+        per-entry gradient on alpha is left to ``add_penalty_gradient_``, which an optimizer
+        stepping inside backward applies to each alpha tensor just before its update, so no
+        d-sized penalty gradient is ever built (with autograd it is built for every alpha
+        at once, at the end of backward). The loss must then take the penalty with weight 1.
+        """
+        self._check_usable()
+        if alpha_gradient:
+            return self.config.l0_lambda * self.expected_l0()
+        c = self.config.log_ratio
+        if self.group_alpha is not None:
+            # The group factor of d penalty / d alpha_i, fixed now: the group gates are updated
+            # only after every alpha of the step.
+            self._penalty_group_open = torch.sigmoid(self.group_alpha.detach() - c).clone()
+        self._penalty_pending = True
+        return self.config.l0_lambda * ExpectedL0.apply(c, self.group_alpha, *(a.detach() for a in self.alpha))
+
+    @torch.no_grad()
+    def add_penalty_gradient_(self, index: int, grad: torch.Tensor) -> None:
+        """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after ``penalty(False)``)."""
+        if not getattr(self, "_penalty_pending", False):
+            raise RuntimeError("add_penalty_gradient_ needs penalty(alpha_gradient=False) first in this step")
+        c, scale = self.config.log_ratio, self.config.l0_lambda
+        if self.group_alpha is not None:
+            scale = self._penalty_group_open[index] * scale
+        alpha_flat, grad_flat = _flat(self.alpha[index].detach()), grad.view(-1)
+        for part in _chunks(alpha_flat.numel()):
+            slope = torch.sigmoid(alpha_flat[part] - c)  # d sigmoid(a - c)/da = p (1 - p)
+            grad_flat[part] += slope.mul_(1 - slope).mul_(scale)
 
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:

@@ -26,6 +26,68 @@ def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
+class AdamWInBackward(torch.optim.AdamW):
+    """AdamW that updates each parameter inside backward, as soon as its gradient is complete,
+    and drops that gradient ("optimizer in backward", as in torchtune): the step never holds
+    every gradient at once, which saves one buffer per trainable entry.
+
+    Each parameter gets a one-parameter AdamW (fused where ``adamw`` would fuse) that shares
+    this optimizer's ``state``, stepped from a post-accumulate-grad hook with the current
+    hyperparameters of its group here, so the learning-rate schedule, ``state_dict`` and
+    ``load_state_dict`` (checkpoints) are exactly AdamW's. ``step()`` has nothing left to do.
+    The update is AdamW's, parameter by parameter; what it cannot do is anything that needs
+    every gradient first (global-norm clipping, a loss scaler's overflow check) or several
+    backwards per step (gradient accumulation): ``training_step`` refuses those.
+
+    ``gradient_hooks``: per parameter, a function called with its complete gradient just before
+    the update (diff pruning adds the expected-L0 penalty's gradient to alpha there).
+    """
+
+    steps_in_backward = True
+
+    def __init__(self, groups: list[dict], lr: float, gradient_hooks: dict | None = None) -> None:
+        params = [p for g in groups for p in g["params"]]
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        super().__init__(groups, lr=lr, fused=fused)
+        gradient_hooks = gradient_hooks or {}
+        self._single: list[torch.optim.AdamW] = []
+        self._handles = []
+        for index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                single = torch.optim.AdamW([{**group, "params": [p]}], lr=group["lr"], fused=group["fused"])
+                single.state = self.state
+                self._single.append(single)
+                self._handles.append(p.register_post_accumulate_grad_hook(
+                    self._update_hook(index, single, gradient_hooks.get(p))))
+
+    def _update_hook(self, group_index: int, single: torch.optim.AdamW, before_update):
+        def update(p: torch.Tensor) -> None:
+            if before_update is not None:
+                before_update(p.grad)
+            # Looked up at each step: the scheduler and load_state_dict write self.param_groups.
+            group = self.param_groups[group_index]
+            single.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
+            single.step()
+            p.grad = None
+        return update
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Nothing to do: every parameter was updated inside backward."""
+        return closure() if closure is not None else None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for single in self._single:  # the load replaced ``self.state``: share the new one
+            single.state = self.state
+
+    def remove_hooks(self) -> None:
+        """Detach from the parameters (after training; a later backward then updates nothing)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 class Method:
     """How one method adapts a pretrained model to a task.
 
