@@ -26,34 +26,47 @@ def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
-class AdamWInBackward(torch.optim.AdamW):
-    """AdamW that updates each parameter inside backward, as soon as its gradient is complete,
-    and drops that gradient ("optimizer in backward", as in torchtune): the step never holds
-    every gradient at once, which saves one buffer per trainable entry.
+# Parameters of at least this many entries are updated inside backward by AdamWInBackward.
+IN_BACKWARD_MIN_NUMEL = 1 << 16
 
-    Each parameter gets a one-parameter AdamW (fused where ``adamw`` would fuse) that shares
-    this optimizer's ``state``, stepped from a post-accumulate-grad hook with the current
-    hyperparameters of its group here, so the learning-rate schedule, ``state_dict`` and
-    ``load_state_dict`` (checkpoints) are exactly AdamW's. ``step()`` has nothing left to do.
-    The update is AdamW's, parameter by parameter; what it cannot do is anything that needs
-    every gradient first (global-norm clipping, a loss scaler's overflow check) or several
-    backwards per step (gradient accumulation): ``training_step`` refuses those.
+
+class AdamWInBackward(torch.optim.AdamW):
+    """AdamW that updates each large parameter inside backward, as soon as its gradient is
+    complete, and drops that gradient ("optimizer in backward", as in torchtune): the step
+    never holds every gradient at once, which saves one buffer per trainable entry.
+
+    Each parameter of at least ``in_backward_numel`` entries gets a one-parameter AdamW (fused
+    where ``adamw`` would fuse) that shares this optimizer's ``state``, stepped from a
+    post-accumulate-grad hook with the current hyperparameters of its group here. Smaller
+    ones (biases, norms: a negligible share of the gradients) keep their gradients and are
+    updated together by ``step()`` in one multi-tensor kernel, which costs less than a kernel
+    launch each. The learning-rate schedule, ``state_dict`` and ``load_state_dict``
+    (checkpoints) are exactly AdamW's, and so is every update. What it cannot do is anything
+    that needs every gradient first (global-norm clipping, a loss scaler's overflow check) or
+    several backwards per step (gradient accumulation): ``training_step`` refuses those.
 
     ``gradient_hooks``: per parameter, a function called with its complete gradient just before
-    the update (diff pruning adds the expected-L0 penalty's gradient to alpha there).
+    its update (diff pruning adds the expected-L0 penalty's gradient to alpha there).
     """
 
     steps_in_backward = True
 
-    def __init__(self, groups: list[dict], lr: float, gradient_hooks: dict | None = None) -> None:
+    def __init__(self, groups: list[dict], lr: float, gradient_hooks: dict | None = None,
+                 in_backward_numel: int | None = None) -> None:
+        if in_backward_numel is None:
+            in_backward_numel = IN_BACKWARD_MIN_NUMEL
         params = [p for g in groups for p in g["params"]]
         fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         super().__init__(groups, lr=lr, fused=fused)
         gradient_hooks = gradient_hooks or {}
         self._single: list[torch.optim.AdamW] = []
         self._handles = []
+        self._after_backward = []  # (parameter, gradient hook) of the parameters step() updates
         for index, group in enumerate(self.param_groups):
             for p in group["params"]:
+                if p.numel() < in_backward_numel:
+                    self._after_backward.append((p, gradient_hooks.get(p)))
+                    continue
                 single = torch.optim.AdamW([{**group, "params": [p]}], lr=group["lr"], fused=group["fused"])
                 single.state = self.state
                 self._single.append(single)
@@ -73,8 +86,12 @@ class AdamWInBackward(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Nothing to do: every parameter was updated inside backward."""
-        return closure() if closure is not None else None
+        """Update the small parameters (the large ones were updated inside backward and have
+        no gradient left, so AdamW's step skips them)."""
+        for p, before_update in self._after_backward:
+            if before_update is not None and p.grad is not None:
+                before_update(p.grad)
+        return super().step(closure)
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

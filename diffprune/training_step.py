@@ -55,7 +55,7 @@ def training_step(module, method, batches: Iterable[dict], num_batches: int, opt
         (scaler.scale(loss) if scaler else loss).backward()
         total += loss.detach()
     if steps_in_backward(optimizer):
-        optimizer.step()  # nothing left to update; tells the scheduler the step happened
+        optimizer.step()  # what backward left: the small tensors (and the scheduler's bookkeeping)
     else:
         if trainable is None:
             trainable = [p for p in module.parameters() if p.requires_grad]
