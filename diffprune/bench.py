@@ -234,7 +234,7 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     if peers:
         from diffprune.bench_peers import run_peers
 
-        summary.update(run_peers(bench, results["full"]))
+        summary.update(run_peers(bench))
     return summary
 
 
