@@ -93,6 +93,7 @@ class AdaptiveDiffPruning(Method):
         groups = self.parameter_groups(model, training)
         lr = float(training["learning_rate"])
         self.steps_in_backward = steps_in_backward_allowed(training, model.sample.device)
+        model.row_sparse_diff_grads = self.steps_in_backward
         if not self.steps_in_backward:
             return adamw(groups, lr=lr)
         hooks = {alpha: partial(model.add_penalty_gradient_, index) for index, alpha in enumerate(model.alpha)}

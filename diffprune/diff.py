@@ -116,6 +116,14 @@ class _GatedDiff(torch.autograd.Function):
                 model.group_sample[slot.index], left, right)
             g_alpha.mul_(z_group)
         g_alpha.mul_(gate_slope(s, left, right))
+        if model.row_sparse_diff_grads:
+            # The rows are unique (coalesced above): hand the gradients on row-sparse; the
+            # optimizer densifies them one tensor at a time (w's, then alpha's), so the two
+            # vocabulary-sized dense gradients never exist together.
+            index = rows.unsqueeze(0)
+            return (torch.sparse_coo_tensor(index, g_w, w.shape, is_coalesced=True, check_invariants=False),
+                    torch.sparse_coo_tensor(index, g_alpha, alpha.shape, is_coalesced=True, check_invariants=False),
+                    grad_group, None, None)
         grad_w = torch.zeros_like(w)
         grad_alpha = torch.zeros_like(alpha)
         grad_w.index_put_((rows,), g_w, accumulate=True)
@@ -127,6 +135,9 @@ class DiffPrunedModel(ReparametrizedModel):
     """A pretrained model plus a trainable gated diff on every pretrained tensor."""
 
     sparse_embedding_grads = True
+    # Whether w and alpha of a tensor that got a row-sparse gradient (an embedding's) receive
+    # row-sparse gradients too; only for an optimizer that accepts them (AdamWInBackward).
+    row_sparse_diff_grads = False
 
     def __init__(self, model: nn.Module, config: DiffPruningConfig | None = None) -> None:
         config = config or DiffPruningConfig()

@@ -46,7 +46,8 @@ class AdamWInBackward(torch.optim.AdamW):
     several backwards per step (gradient accumulation): ``training_step`` refuses those.
 
     ``gradient_hooks``: per parameter, a function called with its complete gradient just before
-    its update (diff pruning adds the expected-L0 penalty's gradient to alpha there).
+    its update (diff pruning adds the expected-L0 penalty's gradient to alpha there). A sparse
+    gradient is made dense first, one parameter at a time.
     """
 
     steps_in_backward = True
@@ -59,6 +60,14 @@ class AdamWInBackward(torch.optim.AdamW):
         fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
         super().__init__(groups, lr=lr, fused=fused)
         gradient_hooks = gradient_hooks or {}
+        # AdamW's state, made now rather than at the first step as AdamW would (same values):
+        # made inside the first backward, between that step's activations and gradients, the
+        # d-sized moments would leave the heap fragmented for the rest of the run.
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
         self._single: list[torch.optim.AdamW] = []
         self._handles = []
         self._after_backward = []  # (parameter, gradient hook) of the parameters step() updates
@@ -75,6 +84,8 @@ class AdamWInBackward(torch.optim.AdamW):
 
     def _update_hook(self, group_index: int, single: torch.optim.AdamW, before_update):
         def update(p: torch.Tensor) -> None:
+            if p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
             if before_update is not None:
                 before_update(p.grad)
             # Looked up at each step: the scheduler and load_state_dict write self.param_groups.
@@ -89,6 +100,8 @@ class AdamWInBackward(torch.optim.AdamW):
         """Update the small parameters (the large ones were updated inside backward and have
         no gradient left, so AdamW's step skips them)."""
         for p, before_update in self._after_backward:
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
             if before_update is not None and p.grad is not None:
                 before_update(p.grad)
         return super().step(closure)
