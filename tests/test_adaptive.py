@@ -135,3 +135,41 @@ def test_training_step_refuses_clipping_with_an_optimizer_that_steps_in_backward
     # a run with clipping on gets the usual optimizer, and clips
     assert not hasattr(AdaptiveDiffPruning().make_optimizer(
         AdaptiveDiffPruning().prepare(tiny_bert, r"^classifier\."), {"learning_rate": 1e-3}), "steps_in_backward")
+
+
+def test_l0_run_stepping_in_backward_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
+                                                                         small_in_backward_threshold):
+    """The runner's L0 phase without clipping (so AdamWInBackward) crashes after a checkpoint
+    and resumes to the bit-identical diff of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from diffprune import runner
+    from tests.test_runner import write_config
+
+    import diffprune.adaptive
+    from diffprune.methods import AdamWInBackward
+
+    made = []
+
+    class Recorded(AdamWInBackward):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(diffprune.adaptive, "AdamWInBackward", Recorded)
+    monkeypatch.setenv("DIFFPRUNE_NO_PROGRESS", "1")
+    config = write_config(tmp_path)
+    overrides = {"max_grad_norm": 0.0, "checkpoint_every_steps": 2}
+    reference = tmp_path / "uninterrupted"
+    runner.execute(runner.plan_train(config, "rte", "structured", 0, reference, overrides))
+    out = tmp_path / "resumed"
+    monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")
+    with pytest.raises(runner.SimulatedCrash):
+        runner.execute(runner.plan_train(config, "rte", "structured", 0, out, overrides))
+    monkeypatch.delenv(runner.CRASH_HOOK_ENV)
+    runner.execute(runner.plan_train(config, "rte", "structured", 0, out, overrides))
+    assert len(made) == 3 and made[0]._single  # every run stepped inside backward
+    expected, resumed = (load_file(str(d / "dense_diff.safetensors")) for d in (reference, out))
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
