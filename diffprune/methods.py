@@ -64,10 +64,13 @@ class AdamWInBackward(torch.optim.AdamW):
         # made inside the first backward, between that step's activations and gradients, the
         # d-sized moments would leave the heap fragmented for the rest of the run.
         for group in self.param_groups:
+            on_device = group["fused"] or group["capturable"]  # where AdamW keeps the step count
             for p in group["params"]:
-                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
                                  "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                                  "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                if group["amsgrad"]:
+                    self.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         self._single: list[torch.optim.AdamW] = []
         self._handles = []
         self._after_backward = []  # (parameter, gradient hook) of the parameters step() updates
