@@ -161,6 +161,9 @@ class DiffPrunedModel(ReparametrizedModel):
                              persistent=False)
         self.register_buffer("group_sample", torch.empty(len(self.slots), device=device), persistent=False)
         self._sample_key: tuple | None = None
+        # Set by penalty(alpha_gradient=False) for add_penalty_gradient_; reset by resample.
+        self._penalty_pending = False
+        self._penalty_group_open: torch.Tensor | None = None
 
     # -- noise -------------------------------------------------------------------------
     def _draw(self, step: int, seed: int, dtype: torch.dtype) -> None:
@@ -252,16 +255,17 @@ class DiffPrunedModel(ReparametrizedModel):
     @torch.no_grad()
     def add_penalty_gradient_(self, index: int, grad: torch.Tensor) -> None:
         """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after ``penalty(False)``)."""
-        if not getattr(self, "_penalty_pending", False):
+        if not self._penalty_pending:
             raise RuntimeError("add_penalty_gradient_ needs penalty(alpha_gradient=False) first in this step")
         c, scale = self.config.log_ratio, self.config.l0_lambda
         if self.group_alpha is not None:
             scale = self._penalty_group_open[index] * scale
         alpha_flat, grad_flat = _flat(self.alpha[index].detach()), grad.view(-1)
-        scale = float(scale)
         for part in _chunks(alpha_flat.numel()):
             p = torch.sigmoid(alpha_flat[part] - c)
-            grad_flat[part].add_(torch.addcmul(p, p, p, value=-1.0), alpha=scale)  # d sigmoid(a - c)/da = p - p^2
+            # d sigmoid(a - c)/da = p - p^2; a tensor scale (the group factor) stays on the
+            # device: reading it as a number would wait for the GPU once per tensor
+            grad_flat[part] += torch.addcmul(p, p, p, value=-1.0).mul_(scale)
 
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:
