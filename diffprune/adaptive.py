@@ -6,6 +6,7 @@ Its run is the "source" of one projection + fixed-mask finetuning per sparsity r
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,24 @@ from torch import nn
 
 from diffprune.config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
-from diffprune.methods import Method, adamw
+from diffprune.methods import AdamWInBackward, Method, adamw
 from diffprune.seeding import RunSeeds
 from diffprune.stats import diff_stats
+
+
+def steps_in_backward_allowed(training: dict, device: torch.device) -> bool:
+    """Whether a run with these settings can update each tensor inside backward: not with
+    global-norm clipping (it needs the norm of every gradient before the first update), nor
+    gradient accumulation (several backwards per update), nor an fp16 loss scaler (it skips a
+    step after seeing every gradient). A setting not given counts as its default."""
+    from diffprune.runner import resolve_precision
+    from diffprune.settings import TRAINING_DEFAULTS
+
+    def setting(key):
+        return training.get(key, TRAINING_DEFAULTS[key])
+
+    return (float(setting("max_grad_norm")) == 0 and int(setting("gradient_accumulation_steps")) == 1
+            and resolve_precision(setting("precision"), device) != "fp16")
 
 
 class AdaptiveDiffPruning(Method):
@@ -38,6 +54,7 @@ class AdaptiveDiffPruning(Method):
         super().__init__(**options)
         self.model: DiffPrunedModel | None = None
         self.gate_noise_seed: int | None = None
+        self.steps_in_backward = False  # set by make_optimizer
 
     def use_run_seeds(self, seeds: RunSeeds) -> RunSeeds:
         if self.options["mask_seed"] is None:
@@ -69,13 +86,25 @@ class AdaptiveDiffPruning(Method):
         return out
 
     def make_optimizer(self, model: DiffPrunedModel, training: dict) -> torch.optim.Optimizer:
-        return adamw(self.parameter_groups(model, training), lr=float(training["learning_rate"]))
+        """AdamW on w, alpha (and the head), the paper's optimizer. Where nothing needs every
+        gradient before the first update (no global-norm clipping, one micro-batch per step, no
+        fp16 loss scaler), it steps each tensor inside backward (``AdamWInBackward``): the
+        same updates without holding the gradients of w and alpha, two d-sized buffers."""
+        groups = self.parameter_groups(model, training)
+        lr = float(training["learning_rate"])
+        self.steps_in_backward = steps_in_backward_allowed(training, model.sample.device)
+        model.row_sparse_diff_grads = self.steps_in_backward
+        if not self.steps_in_backward:
+            return adamw(groups, lr=lr)
+        hooks = {alpha: partial(model.add_penalty_gradient_, index) for index, alpha in enumerate(model.alpha)}
+        return AdamWInBackward(groups, lr=lr, gradient_hooks=hooks)
 
     def begin_step(self, model: DiffPrunedModel, step: int) -> None:
         model.resample(step)
 
     def penalty(self, model: DiffPrunedModel) -> torch.Tensor:
-        return model.penalty()
+        # Stepping in backward, alpha's penalty gradient is added by the optimizer's hook.
+        return model.penalty(alpha_gradient=not self.steps_in_backward)
 
     def new_parameter_count(self, model: DiffPrunedModel) -> int:
         # Before projection the task stores the nonzeros of z * w (+ the head).

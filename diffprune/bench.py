@@ -1,12 +1,18 @@
 """Step time and peak memory of full finetuning, the L0 phase and the fixed-mask phase.
 
     python -m diffprune.bench [--model offline-minilm|tiny-random|PATH|HUB_ID] [--batch 32] [--seq 64]
+                              [--max-grad-norm 0] [--structured] [--peers]
 
-One process, one model, one batch. Each phase gets fresh trainable state, warm-up steps,
-then timed steps (median reported). Peak memory is the phase's high-water mark: on CUDA
+One process, one model, one batch. Every phase is the registry's ``Method`` (full finetuning,
+adaptive diff pruning, fixed-mask finetuning of its projection) trained through
+``diffprune.training_step.training_step``, the function the runner's train loop calls: the
+method's ``prepare``, ``make_optimizer``, ``begin_step`` and ``penalty``, clipping and the
+learning-rate schedule included. Each phase gets fresh trainable state, warm-up steps, then
+timed steps (median reported). Peak memory is the phase's high-water mark: on CUDA
 ``max_memory_allocated``; on CPU the process's peak resident set (VmHWM), reset before each
-phase (``/proc/self/clear_refs``) after the previous phase's state is freed and returned
-to the OS. The last line printed is a JSON object with the ratios to full finetuning.
+phase (``/proc/self/clear_refs``) after the previous phase's state is freed and returned to
+the OS. ``--peers`` adds what users would run instead, in the same process and batch
+(``diffprune.bench_peers``). The last line printed is a JSON object with the ratios.
 """
 from __future__ import annotations
 
@@ -20,12 +26,11 @@ import time
 import torch
 from torch import nn
 
-from diffprune.config import DiffPruningConfig
-from diffprune.diff import DiffPrunedModel
-from diffprune.methods import adamw
-from diffprune.models import mark_new_parameters
-from diffprune.projection import project
-from diffprune.runner import peak_memory_bytes
+from diffprune.models import head_pattern_of, mark_new_parameters
+from diffprune.registry import build_method
+from diffprune.runner import peak_memory_bytes, resolve_precision
+from diffprune.settings import TRAINING_DEFAULTS
+from diffprune.training_step import steps_in_backward, training_step
 
 
 def _keep_freed_memory() -> None:
@@ -61,6 +66,7 @@ class PeakMemory:
     def __enter__(self):
         _trim_heap()
         if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
@@ -73,19 +79,18 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self.peak = peak_memory_bytes(self.device)
+            torch.cuda.synchronize(self.device)
+        self.peak = peak_memory_bytes(self.device)
 
 
-
-def _load_model(spec: str, num_labels: int = 2) -> tuple[nn.Module, str]:
+def load_model(spec: str, num_labels: int = 2) -> tuple[nn.Module, str]:
     """(model with its new head marked, model id); weights only from safetensors (never unpickled)."""
     from transformers import AutoModelForSequenceClassification
 
     if spec == "tiny-random":
         from transformers import BertConfig, BertForSequenceClassification
 
+        torch.manual_seed(0)
         config = BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                             intermediate_size=64, num_labels=num_labels)
         model = BertForSequenceClassification(config)
@@ -102,98 +107,142 @@ def _load_model(spec: str, num_labels: int = 2) -> tuple[nn.Module, str]:
     return model, model_id
 
 
-def _time_steps(step, warmup: int, steps: int) -> list[float]:
+def time_steps(step, warmup: int, steps: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``steps`` calls of ``step(i)`` after ``warmup`` untimed ones."""
     for i in range(warmup):
         step(i)
     times = []
     for i in range(warmup, warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         start = time.perf_counter()
         step(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels run asynchronously: wait for this step's
         times.append(time.perf_counter() - start)
     return times
 
 
+class Bench:
+    """The model, the batch and the settings every measured step shares."""
+
+    def __init__(self, model_spec: str, batch: int, seq: int, warmup: int, steps: int, device: torch.device,
+                 precision: str, max_grad_norm: float) -> None:
+        self.model_spec, self.batch, self.seq = model_spec, batch, seq
+        self.warmup, self.steps, self.device = warmup, steps, device
+        self.precision = resolve_precision(precision, device)
+        self.max_grad_norm = max_grad_norm
+        model, self.model_id = load_model(model_spec)
+        vocab = model.config.vocab_size
+        self.head_pattern = head_pattern_of(model)  # the parameters the loader newly initialised
+        del model
+        generator = torch.Generator().manual_seed(0)
+        self.inputs = {"input_ids": torch.randint(1000 % vocab, vocab, (batch, seq), generator=generator).to(device),
+                       "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=device),
+                       "labels": torch.randint(0, 2, (batch,), generator=generator).to(device)}
+
+    def fresh_model(self) -> nn.Module:
+        """The pretrained model as loaded (from disk each time: no copy of it stays in memory)."""
+        return load_model(self.model_spec)[0].to(self.device).train()
+
+    def training(self, learning_rate: float) -> dict:
+        return {**TRAINING_DEFAULTS, "learning_rate": learning_rate, "max_grad_norm": self.max_grad_norm,
+                "precision": self.precision}
+
+    def measure(self, method, module, learning_rate: float) -> tuple[list[float], int, object]:
+        """(step times, peak memory, optimizer) of training ``module`` (prepared by ``method``)
+        exactly as runner.train_loop does; the optimizer is made inside the measured block."""
+        training = self.training(learning_rate)
+        scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        with PeakMemory(self.device) as mem:
+            optimizer = method.make_optimizer(module, training)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+            trainable = [p for p in module.parameters() if p.requires_grad]
+
+            def step(i):
+                training_step(module, method, [self.inputs], 1, optimizer, step=i, device=self.device,
+                              precision=self.precision, max_grad_norm=self.max_grad_norm, scheduler=scheduler,
+                              scaler=scaler, trainable=trainable)
+
+            times = time_steps(step, self.warmup, self.steps, self.device)
+        return times, mem.peak, optimizer
+
+
+def release_optimizer(optimizer) -> None:
+    if hasattr(optimizer, "remove_hooks"):
+        optimizer.remove_hooks()  # its hooks keep the optimizer state alive through the parameters
+    _trim_heap()
+
+
 def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: float, threads: int | None,
-        device: str) -> dict:
+        device: str, precision: str = "auto", max_grad_norm: float = 0.0, structured: bool = False,
+        peers: bool = False) -> dict:
     if threads:
         torch.set_num_threads(threads)
     _keep_freed_memory()
     torch.manual_seed(0)
-    dev = torch.device(device)
-    model, model_id = _load_model(model_spec)
-    model.to(dev).train()
-    vocab = model.config.vocab_size
-    inputs = {"input_ids": torch.randint(1000 % vocab, vocab, (batch, seq), device=dev),
-              "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=dev),
-              "labels": torch.randint(0, 2, (batch,), device=dev)}
+    bench = Bench(model_spec, batch, seq, warmup, steps, torch.device(device), precision, max_grad_norm)
     results = {}
 
-    # Full finetuning: every parameter trains. No copy of the pretrained values is kept
-    # alive while it is measured; the later phases start from a freshly loaded model.
-    with PeakMemory(dev) as mem:
-        optimizer = adamw([{"params": list(model.parameters())}], lr=1e-5)
+    # Full finetuning: the registry's method, every parameter trains. The copy of theta_0 that
+    # prepare keeps for the run's stats.json is dropped before measuring: a standard
+    # finetuning step holds no such copy, and the baseline of the ratios stays the leanest.
+    full = build_method("full_finetuning")
+    module = full.prepare(bench.fresh_model(), bench.head_pattern)
+    full.pretrained = None
+    times, peak, optimizer = bench.measure(full, module, learning_rate=1e-5)
+    results["full"] = (times, peak)
+    del module, optimizer
+    _trim_heap()
 
-        def full_step(i):
-            model(**inputs).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        times = _time_steps(full_step, warmup, steps)
-    results["full"] = {"seconds_per_step": statistics.median(times), "peak_memory_bytes": mem.peak}
+    # L0 phase: adaptive diff pruning, a gated diff on every pretrained tensor, expected-L0 penalty.
+    l0 = build_method("diff_pruning", structured=structured, alpha_learning_rate=1e-3)
+    module = l0.prepare(bench.fresh_model(), bench.head_pattern)
+    times, peak, optimizer = bench.measure(l0, module, learning_rate=1e-3)
+    results["l0"] = (times, peak)
+    l0_in_backward = steps_in_backward(optimizer)
+    release_optimizer(optimizer)
     del optimizer
-    model.zero_grad(set_to_none=True)
-    model.load_state_dict(_load_model(model_spec)[0].state_dict())
 
-    # L0 phase: gated diff on every pretrained tensor, expected-L0 penalty.
-    with PeakMemory(dev) as mem:
-        diff_model = DiffPrunedModel(model, DiffPruningConfig())  # head: the marked new parameters
-        diff_model.train()
-        groups = diff_model.trainable_parameters()
-        optimizer = adamw([{"params": groups["w"] + groups["head"]}, {"params": groups["alpha"]}], lr=1e-3)
+    # Fixed-mask phase: the L0 run's dense diff projected to the rate, on the pretrained model
+    # (released by the L0 wrapper, theta_0 untouched), as a prune job does it.
+    fixed = fixed_mask_method(l0.dense_diff(module), rate)
+    base = module.release()
+    l0.model = None
+    del module
+    _trim_heap()
+    module = fixed.prepare(base, bench.head_pattern)
+    del base
+    times, peak, optimizer = bench.measure(fixed, module, learning_rate=1e-4)
+    results["fixed"] = (times, peak)
+    del module, optimizer
+    _trim_heap()
 
-        def l0_step(i):
-            diff_model.resample(i)
-            penalty = diff_model.penalty()  # before the forward, as the runner does
-            (diff_model(**inputs).loss + penalty).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        times = _time_steps(l0_step, warmup, steps)
-    results["l0"] = {"seconds_per_step": statistics.median(times), "peak_memory_bytes": mem.peak}
-    del optimizer, groups
-
-    # Fixed-mask phase: project to the rate, then train only the kept values (+ head).
-    fixed = project(diff_model, rate)
-    del diff_model
-    with PeakMemory(dev) as mem:
-        for name, p in fixed.model.named_parameters():
-            p.requires_grad_(name in fixed.head_names)
-        optimizer = adamw([{"params": list(fixed.values) + list(fixed.head_parameters().values())}], lr=1e-4)
-
-        def fixed_step(i):
-            fixed(**inputs).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        times = _time_steps(fixed_step, warmup, steps)
-    results["fixed_mask"] = {"seconds_per_step": statistics.median(times), "peak_memory_bytes": mem.peak,
-                             "nonzeros": fixed.nonzeros, "diffed_params": fixed.diffed_params}
-    full = results["full"]
     summary = {
-        "model": model_id, "device": str(dev), "threads": torch.get_num_threads(), "batch": batch, "seq": seq,
-        "steps": steps, "rate": rate,
-        "full_seconds_per_step": round(full["seconds_per_step"], 4),
-        "l0_seconds_per_step": round(results["l0"]["seconds_per_step"], 4),
-        "fixed_seconds_per_step": round(results["fixed_mask"]["seconds_per_step"], 4),
-        "full_peak_mb": round(full["peak_memory_bytes"] / 2**20, 1),
-        "l0_peak_mb": round(results["l0"]["peak_memory_bytes"] / 2**20, 1),
-        "fixed_peak_mb": round(results["fixed_mask"]["peak_memory_bytes"] / 2**20, 1),
-        "l0_time_ratio": round(results["l0"]["seconds_per_step"] / full["seconds_per_step"], 3),
-        "l0_mem_ratio": round(results["l0"]["peak_memory_bytes"] / full["peak_memory_bytes"], 3),
-        "fixed_time_ratio": round(results["fixed_mask"]["seconds_per_step"] / full["seconds_per_step"], 3),
-        "fixed_mem_ratio": round(results["fixed_mask"]["peak_memory_bytes"] / full["peak_memory_bytes"], 3),
+        "model": bench.model_id, "device": str(bench.device), "precision": bench.precision,
+        "threads": torch.get_num_threads(), "batch": batch, "seq": seq, "steps": steps, "rate": rate,
+        "max_grad_norm": max_grad_norm, "structured": structured, "l0_steps_in_backward": l0_in_backward,
+        "nonzeros": fixed.nonzeros, "diffed_params": fixed.diffed_params,
     }
+    for phase, (times, peak) in results.items():
+        summary[f"{phase}_seconds_per_step"] = round(statistics.median(times), 4)
+        summary[f"{phase}_peak_mb"] = round(peak / 2**20, 1)
+    full_time, full_peak = statistics.median(results["full"][0]), results["full"][1]
+    for phase in ("l0", "fixed"):
+        summary[f"{phase}_time_ratio"] = round(statistics.median(results[phase][0]) / full_time, 3)
+        summary[f"{phase}_mem_ratio"] = round(results[phase][1] / full_peak, 3)
+    if peers:
+        from diffprune.bench_peers import run_peers
+
+        summary.update(run_peers(bench))
     return summary
+
+
+def fixed_mask_method(dense: dict, rate: float):
+    """The prune phase's method (not in the registry: a prune job builds it from the L0 run's diff)."""
+    from diffprune.projection import FixedMaskFinetuning
+
+    return FixedMaskFinetuning(dense, rate)
 
 
 def main(argv=None) -> None:
@@ -208,10 +257,23 @@ def main(argv=None) -> None:
     parser.add_argument("--rate", type=float, default=0.5, help="sparsity rate in percent for the fixed-mask phase")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", default="auto", help="auto (fp32 on CPU, bf16/fp16 autocast on CUDA), "
+                        "fp32, bf16 or fp16, as the runner's training setting")
+    parser.add_argument("--max-grad-norm", type=float, default=0.0,
+                        help="global-norm clipping in every phase (0: none; the L0 phase then updates each "
+                             "tensor inside backward)")
+    parser.add_argument("--structured", action="store_true", help="structured diff pruning in the L0 phase")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time a plain PyTorch loop, the HF Trainer, PEFT's LoRA and the runner's LoRA")
     args = parser.parse_args(argv)
-    summary = run(args.model, args.batch, args.seq, args.warmup, args.steps, args.rate, args.threads or None, args.device)
+    summary = run(args.model, args.batch, args.seq, args.warmup, args.steps, args.rate, args.threads or None,
+                  args.device, args.precision, args.max_grad_norm, args.structured, args.peers)
     for phase in ("full", "l0", "fixed"):
         print(f"{phase:>6}: {summary[f'{phase}_seconds_per_step']:.3f} s/step, peak {summary[f'{phase}_peak_mb']:.0f} MB")
+    if args.peers:
+        from diffprune.bench_peers import print_peers
+
+        print_peers(summary)
     print(json.dumps(summary))
 
 

@@ -70,16 +70,25 @@ class _GatedDiff(torch.autograd.Function):
         z_group = model.group_gate(slot.index) if ctx.has_group else None
         group_total = torch.zeros((), dtype=torch.float32, device=w.device)
         for part in _chunks(s.numel()):
-            s_part = s[part]
-            z_elem = stretch_(s_part, left, right)
+            # The gate and its slope from one read of the sample, in as few passes as the
+            # maths allows (this loop is most of the L0 phase's extra time per step):
+            # scaled = (r - l) s, z_bar = scaled + l, z = clamp(z_bar, 0, 1), and
+            # dz/dalpha = (r - l) s (1 - s) = scaled - scaled * s where 0 < z_bar < 1, else 0.
+            s_part = s[part].float()
+            scaled = s_part.mul(right - left)
+            z_bar = scaled.add(left)
+            z_elem = z_bar.clamp(0.0, 1.0)
             g_w = torch.mul(grad_flat[part], z_elem, out=grad_w_flat[part])
             g_alpha = torch.mul(grad_flat[part], w_flat[part], out=grad_alpha_flat[part])
             if z_group is not None:
                 g_w.mul_(z_group)
                 # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
-                group_total += torch.dot(g_alpha.float(), z_elem.float())
+                group_total += torch.dot(g_alpha.float(), z_elem)
                 g_alpha.mul_(z_group)
-            g_alpha.mul_(gate_slope(s_part, left, right))
+            slope = torch.addcmul(scaled, scaled, s_part, value=-1.0)
+            # hardtanh's backward: slope where 0 < z_bar < 1, else 0, in one pass
+            torch.ops.aten.hardtanh_backward.grad_input(slope, z_bar, 0.0, 1.0, grad_input=slope)
+            g_alpha.mul_(slope)
         grad_group = None
         if z_group is not None:
             grad_group = torch.zeros_like(model.group_alpha)
@@ -107,6 +116,14 @@ class _GatedDiff(torch.autograd.Function):
                 model.group_sample[slot.index], left, right)
             g_alpha.mul_(z_group)
         g_alpha.mul_(gate_slope(s, left, right))
+        if model.row_sparse_diff_grads:
+            # The rows are unique (coalesced above): hand the gradients on row-sparse; the
+            # optimizer densifies them one tensor at a time (w's, then alpha's), so the two
+            # vocabulary-sized dense gradients never exist together.
+            index = rows.unsqueeze(0)
+            return (torch.sparse_coo_tensor(index, g_w, w.shape, is_coalesced=True, check_invariants=False),
+                    torch.sparse_coo_tensor(index, g_alpha, alpha.shape, is_coalesced=True, check_invariants=False),
+                    grad_group, None, None)
         grad_w = torch.zeros_like(w)
         grad_alpha = torch.zeros_like(alpha)
         grad_w.index_put_((rows,), g_w, accumulate=True)
@@ -118,6 +135,9 @@ class DiffPrunedModel(ReparametrizedModel):
     """A pretrained model plus a trainable gated diff on every pretrained tensor."""
 
     sparse_embedding_grads = True
+    # Whether w and alpha of a tensor that got a row-sparse gradient (an embedding's) receive
+    # row-sparse gradients too; only for an optimizer that accepts them (AdamWInBackward).
+    row_sparse_diff_grads = False
 
     def __init__(self, model: nn.Module, config: DiffPruningConfig | None = None) -> None:
         config = config or DiffPruningConfig()
@@ -141,6 +161,9 @@ class DiffPrunedModel(ReparametrizedModel):
                              persistent=False)
         self.register_buffer("group_sample", torch.empty(len(self.slots), device=device), persistent=False)
         self._sample_key: tuple | None = None
+        # Set by penalty(alpha_gradient=False) for add_penalty_gradient_; reset by resample.
+        self._penalty_pending = False
+        self._penalty_group_open: torch.Tensor | None = None
 
     # -- noise -------------------------------------------------------------------------
     def _draw(self, step: int, seed: int, dtype: torch.dtype) -> None:
@@ -165,6 +188,7 @@ class DiffPrunedModel(ReparametrizedModel):
 
     def resample(self, step: int) -> None:
         """Draw this optimizer step's gate noise (call once per step, before its forwards)."""
+        self._penalty_pending = False
         self._draw(step, self.config.mask_seed + 1, TRAIN_SAMPLE_DTYPE)
 
     def use_fixed_sample(self) -> None:
@@ -208,8 +232,40 @@ class DiffPrunedModel(ReparametrizedModel):
         self._check_usable()
         return ExpectedL0.apply(self.config.log_ratio, self.group_alpha, *self.alpha)
 
-    def penalty(self) -> torch.Tensor:
-        return self.config.l0_lambda * self.expected_l0()
+    def penalty(self, alpha_gradient: bool = True) -> torch.Tensor:
+        """lambda * expected L0.
+
+        ``alpha_gradient=False``: the value, differentiable in the group gates only; the
+        per-entry gradient on alpha is left to ``add_penalty_gradient_``, which an optimizer
+        stepping inside backward applies to each alpha tensor just before its update, so no
+        d-sized penalty gradient is ever built (with autograd it is built for every alpha
+        at once, at the end of backward). The loss must then take the penalty with weight 1.
+        """
+        self._check_usable()
+        if alpha_gradient:
+            return self.config.l0_lambda * self.expected_l0()
+        c = self.config.log_ratio
+        if self.group_alpha is not None:
+            # The group factor of d penalty / d alpha_i, fixed now: the group gates are updated
+            # only after every alpha of the step.
+            self._penalty_group_open = torch.sigmoid(self.group_alpha.detach() - c).clone()
+        self._penalty_pending = True
+        return self.config.l0_lambda * ExpectedL0.apply(c, self.group_alpha, *(a.detach() for a in self.alpha))
+
+    @torch.no_grad()
+    def add_penalty_gradient_(self, index: int, grad: torch.Tensor) -> None:
+        """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after ``penalty(False)``)."""
+        if not self._penalty_pending:
+            raise RuntimeError("add_penalty_gradient_ needs penalty(alpha_gradient=False) first in this step")
+        c, scale = self.config.log_ratio, self.config.l0_lambda
+        if self.group_alpha is not None:
+            scale = self._penalty_group_open[index] * scale
+        alpha_flat, grad_flat = _flat(self.alpha[index].detach()), grad.view(-1)
+        for part in _chunks(alpha_flat.numel()):
+            p = torch.sigmoid(alpha_flat[part] - c)
+            # d sigmoid(a - c)/da = p - p^2; a tensor scale (the group factor) stays on the
+            # device: reading it as a number would wait for the GPU once per tensor
+            grad_flat[part] += torch.addcmul(p, p, p, value=-1.0).mul_(scale)
 
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:

@@ -178,6 +178,9 @@ class ExpectedL0(torch.autograd.Function):
             group_grad = None
             scale = grad_out.expand(len(alphas))
         for i, a in enumerate(alphas):
+            if not ctx.needs_input_grad[2 + i]:
+                grads.append(None)  # passed detached: its gradient is added elsewhere
+                continue
             # A leaf that already holds a gradient (the task loss's, when this backward runs
             # last) gets this one added in place, chunk by chunk: returning it instead would
             # hold a second d-sized copy of every alpha gradient at the end of backward.

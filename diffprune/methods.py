@@ -26,6 +26,101 @@ def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=lr, fused=fused)
 
 
+# Parameters of at least this many entries are updated inside backward by AdamWInBackward.
+IN_BACKWARD_MIN_NUMEL = 1 << 16
+
+
+class AdamWInBackward(torch.optim.AdamW):
+    """AdamW that updates each large parameter inside backward, as soon as its gradient is
+    complete, and drops that gradient ("optimizer in backward", as in torchtune): the step
+    never holds every gradient at once, which saves one buffer per trainable entry.
+
+    Each parameter of at least ``in_backward_numel`` entries gets a one-parameter AdamW (fused
+    where ``adamw`` would fuse) that shares this optimizer's ``state``, stepped from a
+    post-accumulate-grad hook with the current hyperparameters of its group here. Smaller
+    ones (biases, norms: a negligible share of the gradients) keep their gradients and are
+    updated together by ``step()`` in one multi-tensor kernel, which costs less than a kernel
+    launch each. The learning-rate schedule, ``state_dict`` and ``load_state_dict``
+    (checkpoints) are exactly AdamW's, and so is every update. What it cannot do is anything
+    that needs every gradient first (global-norm clipping, a loss scaler's overflow check) or
+    several backwards per step (gradient accumulation): ``training_step`` refuses those.
+
+    ``gradient_hooks``: per parameter, a function called with its complete gradient just before
+    its update (diff pruning adds the expected-L0 penalty's gradient to alpha there). A sparse
+    gradient is made dense first, one parameter at a time.
+    """
+
+    steps_in_backward = True
+
+    def __init__(self, groups: list[dict], lr: float, gradient_hooks: dict | None = None,
+                 in_backward_numel: int | None = None) -> None:
+        if in_backward_numel is None:
+            in_backward_numel = IN_BACKWARD_MIN_NUMEL
+        params = [p for g in groups for p in g["params"]]
+        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+        super().__init__(groups, lr=lr, fused=fused)
+        gradient_hooks = gradient_hooks or {}
+        # AdamW's state, made now rather than at the first step as AdamW would (same values):
+        # made inside the first backward, between that step's activations and gradients, the
+        # d-sized moments would leave the heap fragmented for the rest of the run.
+        for group in self.param_groups:
+            on_device = group["fused"] or group["capturable"]  # where AdamW keeps the step count
+            for p in group["params"]:
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                if group["amsgrad"]:
+                    self.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        self._single: list[torch.optim.AdamW] = []
+        self._handles = []
+        self._after_backward = []  # (parameter, gradient hook) of the parameters step() updates
+        for index, group in enumerate(self.param_groups):
+            for p in group["params"]:
+                if p.numel() < in_backward_numel:
+                    self._after_backward.append((p, gradient_hooks.get(p)))
+                    continue
+                single = torch.optim.AdamW([{**group, "params": [p]}], lr=group["lr"], fused=group["fused"])
+                single.state = self.state
+                self._single.append(single)
+                self._handles.append(p.register_post_accumulate_grad_hook(
+                    self._update_hook(index, single, gradient_hooks.get(p))))
+
+    def _update_hook(self, group_index: int, single: torch.optim.AdamW, before_update):
+        def update(p: torch.Tensor) -> None:
+            if p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
+            if before_update is not None:
+                before_update(p.grad)
+            # Looked up at each step: the scheduler and load_state_dict write self.param_groups.
+            group = self.param_groups[group_index]
+            single.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
+            single.step()
+            p.grad = None
+        return update
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Update the small parameters (the large ones were updated inside backward and have
+        no gradient left, so AdamW's step skips them)."""
+        for p, before_update in self._after_backward:
+            if p.grad is not None and p.grad.is_sparse:
+                p.grad = p.grad.to_dense()
+            if before_update is not None and p.grad is not None:
+                before_update(p.grad)
+        return super().step(closure)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        for single in self._single:  # the load replaced ``self.state``: share the new one
+            single.state = self.state
+
+    def remove_hooks(self) -> None:
+        """Detach from the parameters (after training; a later backward then updates nothing)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 class Method:
     """How one method adapts a pretrained model to a task.
 

@@ -581,6 +581,8 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
     """
     import torch
 
+    from diffprune.training_step import training_step
+
     training = plan.training
     checkpoint_path = plan.tmp_dir / CHECKPOINT_NAME
     batch_size, accumulation = training["batch_size"], training["gradient_accumulation_steps"]
@@ -655,38 +657,11 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
                 if step >= total_steps:
                     break
                 group = groups[group_index]
-                method.begin_step(module, step)
-                optimizer.zero_grad(set_to_none=True)
-                for indices in group:
-                    batch = data.collate([data.train[i] for i in indices])
-                    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                    # The penalty (e.g. lambda * expected L0) is computed in fp32, outside
-                    # autocast, split over the group so each optimizer step counts it once,
-                    # and *before* the forward pass: autograd runs the backward of what was
-                    # built first last, so its d-sized gradients appear only after the
-                    # activations are freed and do not add to the step's peak memory.
-                    penalty = method.penalty(module)
-                    with autocast_context(device, precision):
-                        outputs = module(**batch)
-                    loss = outputs.loss.float() / len(group)
-                    if penalty is not None:
-                        loss = loss + penalty.float() / len(group)
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    running_loss += loss.detach()
-                # Some methods update inside backward and leave .grad None: nothing to clip,
-                # and their optimizer step is a no-op.
-                with_grad = [p for p in trainable if p.grad is not None]
-                scaled = scaler is not None and bool(with_grad)
-                if scaled:
-                    scaler.unscale_(optimizer)
-                if with_grad and training["max_grad_norm"] > 0:
-                    torch.nn.utils.clip_grad_norm_(with_grad, training["max_grad_norm"])
-                if scaled:
-                    scaler.step(optimizer)  # skips the step when fp16 gradients overflowed
-                    scaler.update()
-                else:
-                    optimizer.step()
-                scheduler.step()
+                micro_batches = (data.collate([data.train[i] for i in indices]) for indices in group)
+                running_loss += training_step(module, method, micro_batches, len(group), optimizer, step=step,
+                                              device=device, precision=precision,
+                                              max_grad_norm=training["max_grad_norm"], scheduler=scheduler,
+                                              scaler=scaler, trainable=trainable)
                 step += 1
                 groups_done = group_index + 1
                 running_count += 1
