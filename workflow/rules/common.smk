@@ -194,6 +194,18 @@ def run_settings(task: str, key: str, phase: str) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
+def run_priority(wildcards) -> int:
+    """Longer jobs start first, so that the longest one (SQuAD here) does not start last and
+    hold the whole workflow up on one core. Work ~ examples x tokens x epochs, in steps of
+    100k token-epochs (a task without a subsample counts as 100k examples); a guide for the
+    scheduler, not a measurement."""
+    phase = "prune" if "rate" in wildcards.keys() else "train"
+    training = settings.resolve_training(CFG, wildcards.task, wildcards.key, phase)
+    examples = training["max_train_examples"] or 100_000
+    epochs = training["fixed_mask_epochs"] if phase == "prune" else training["epochs"]
+    return int(examples * training["max_seq_length"] * epochs // 100_000)
+
+
 def source_run(wildcards) -> str:
     """The train run a prune run starts from: its own L0 phase, or the reused run."""
     return run_path(wildcards.task, rungraph.source_key(CFG, wildcards.key), wildcards.seed)

@@ -35,6 +35,7 @@ rule train:
     log:
         f"{LOGS}/{{task}}/{{key}}/seed{{seed}}.log",
     threads: 1
+    priority: run_priority
     resources:
         gpu=1,
     shell:
@@ -62,6 +63,7 @@ rule prune:
     log:
         f"{LOGS}/{{task}}/{{key}}/rate{{rate}}/seed{{seed}}.log",
     threads: 1
+    priority: run_priority
     resources:
         gpu=1,
     shell:
