@@ -30,23 +30,7 @@ rule collect:
 
 
 # Table 5's serving part: N tasks switched on one base, measured on the run set's own diff
-# files (diffprune/serve.py). Of the configured prune runs it takes the method key whose diffs
-# cover the most tasks, then its largest rate and smallest seed; no prune runs, no serving.
-def _serving_choice():
-    by_entry = {}
-    for run in RUNS:
-        if run["rate"] is not None:
-            by_entry.setdefault((run["key"], run["rate"], run["seed"]), []).append(run)
-    if not by_entry:
-        return None, []
-    best = max(by_entry, key=lambda entry: (len(by_entry[entry]), entry[1], -entry[2]))
-    return best, [run_path(r["task"], r["key"], r["seed"], r["rate"]) for r in by_entry[best]]
-
-
-SERVING, SERVING_RUNS = _serving_choice()
-SERVING_FILE = f"{RESULTS}/serving.json"
-
-
+# files (diffprune/serve.py); which runs it takes: serving_choice in common.smk.
 if SERVING is not None:
 
     rule serving:

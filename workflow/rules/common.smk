@@ -238,3 +238,21 @@ def untracked(value):
 def shell_command(*words: str) -> str:
     """A job's command, through the GPU-slot wrapper (a no-op without GPUs)."""
     return "{params.data_env} {params.python:q} -m diffprune.gpu_slots run -- {params.python:q} -m diffprune " + " ".join(words)
+
+
+# Table 5's serving job (analysis.smk) measures N tasks on one base with the run set's own
+# diffs. Of the configured prune runs it takes the method key whose diffs
+# cover the most tasks, then its largest rate and smallest seed; no prune runs, no serving.
+def serving_choice():
+    by_entry = {}
+    for run in RUNS:
+        if run["rate"] is not None:
+            by_entry.setdefault((run["key"], run["rate"], run["seed"]), []).append(run)
+    if not by_entry:
+        return None, []
+    best = max(by_entry, key=lambda entry: (len(by_entry[entry]), entry[1], -entry[2]))
+    return best, [run_path(r["task"], r["key"], r["seed"], r["rate"]) for r in by_entry[best]]
+
+
+SERVING, SERVING_RUNS = serving_choice()
+SERVING_FILE = f"{RESULTS}/serving.json"
