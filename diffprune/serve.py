@@ -31,11 +31,15 @@ PAPER_TASK_COUNT = 9
 
 
 def find_diffs(runs: Path, method_key: str | None, rate: float | None, seed: int | None) -> tuple[str, float, int, dict]:
-    """(method key, rate, seed, {task: diff path}) of the run set's prune runs; by default the
+    """(method key, rate, seed, {task: diff path}) of the run set's GLUE prune runs; by default the
     key whose diffs cover most tasks, then the largest rate and smallest seed every one of them has."""
     found: dict[tuple[str, float, int], dict[str, Path]] = {}
     for path in sorted(runs.glob("*/*/rate*/seed*/diff.safetensors")):
         task_name, key_name, rate_name, seed_name = path.relative_to(runs).parts[:4]
+        if task_name == "squad":
+            # One bank holds one model class (sequence classification / regression heads);
+            # SQuAD's span head belongs to another class, with a base of its own.
+            continue
         entry = (key_name, float(rate_name[len("rate"):]), int(seed_name[len("seed"):]))
         found.setdefault(entry, {})[task_name] = path
     candidates = {k: v for k, v in found.items()

@@ -246,7 +246,7 @@ def shell_command(*words: str) -> str:
 def serving_choice():
     by_entry = {}
     for run in RUNS:
-        if run["rate"] is not None:
+        if run["rate"] is not None and run["task"] != "squad":  # one bank, one model class: GLUE heads
             by_entry.setdefault((run["key"], run["rate"], run["seed"]), []).append(run)
     if not by_entry:
         return None, []
