@@ -185,3 +185,12 @@ def write_squad_file(path: Path, articles: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"version": "1.1", "data": articles}), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def squad_folder(tmp_path):
+    """A SQuAD folder with the official file names (train and dev hold the same articles)."""
+    folder = tmp_path / "squad"
+    write_squad_file(folder / "train-v1.1.json", squad_articles())
+    write_squad_file(folder / "dev-v1.1.json", squad_articles())
+    return folder

@@ -7,8 +7,6 @@ import pytest
 
 from diffprune.tasks import cache, get_task
 
-from .conftest import squad_articles, write_squad_file
-
 ARGUMENTS = dict(max_train_examples=None, max_eval_examples=None, seed=0, doc_stride=32)
 
 
@@ -16,14 +14,6 @@ ARGUMENTS = dict(max_train_examples=None, max_eval_examples=None, seed=0, doc_st
 def cache_dir(tmp_path, monkeypatch):
     folder = tmp_path / "features"
     monkeypatch.setenv(cache.CACHE_ENV, str(folder))
-    return folder
-
-
-@pytest.fixture
-def squad_folder(tmp_path):
-    folder = tmp_path / "squad"
-    write_squad_file(folder / "train-v1.1.json", squad_articles())
-    write_squad_file(folder / "dev-v1.1.json", squad_articles())
     return folder
 
 

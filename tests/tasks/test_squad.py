@@ -24,14 +24,6 @@ def examples(tmp_path):
     return read_squad_json(write_squad_file(tmp_path / "dev-v1.1.json", squad_articles()))
 
 
-@pytest.fixture
-def squad_folder(tmp_path):
-    folder = tmp_path / "squad"
-    write_squad_file(folder / "train-v1.1.json", squad_articles())
-    write_squad_file(folder / "dev-v1.1.json", squad_articles())
-    return folder
-
-
 def test_read_squad_json_flattens_questions(examples):
     assert [e["id"] for e in examples] == ["q1", "q2", "q3", "q4", "q5"]
     assert examples[0]["answers"]["text"] == ["France", "France."]
