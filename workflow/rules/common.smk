@@ -194,16 +194,29 @@ def run_settings(task: str, key: str, phase: str) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
+# Training examples and typical tokens per example (question + context windows for SQuAD)
+# of each task, for run_priority only: the order of magnitude of a job, not a measurement.
+TRAIN_EXAMPLES = {"cola": 8_551, "sst2": 67_349, "mrpc": 3_668, "stsb": 5_749, "qqp": 363_846,
+                  "mnli": 392_702, "qnli": 104_743, "rte": 2_490, "squad": 87_599}
+TYPICAL_TOKENS = {"cola": 11, "sst2": 13, "mrpc": 53, "stsb": 31, "qqp": 30, "mnli": 40,
+                  "qnli": 50, "rte": 70, "squad": 400}
+
+
 def run_priority(wildcards) -> int:
     """Longer jobs start first, so that the longest one (SQuAD here) does not start last and
-    hold the whole workflow up on one core. Work ~ examples x tokens x epochs, in steps of
-    100k token-epochs (a task without a subsample counts as 100k examples); a guide for the
-    scheduler, not a measurement."""
+    hold the whole workflow up on one core. Work ~ examples x tokens x epochs (x 1.3 for the
+    L0 phase's gates), in steps of 10k token-epochs; a guide for the scheduler, not a
+    measurement."""
     phase = "prune" if "rate" in wildcards.keys() else "train"
     training = settings.resolve_training(CFG, wildcards.task, wildcards.key, phase)
-    examples = training["max_train_examples"] or 100_000
+    examples = min(training["max_train_examples"] or TRAIN_EXAMPLES[wildcards.task],
+                   TRAIN_EXAMPLES[wildcards.task])
+    tokens = min(training["max_seq_length"], TYPICAL_TOKENS[wildcards.task])
+    if wildcards.task == "squad":   # one window per question, plus the overflow windows
+        tokens = training["max_seq_length"] * 1.3
     epochs = training["fixed_mask_epochs"] if phase == "prune" else training["epochs"]
-    return int(examples * training["max_seq_length"] * epochs // 100_000)
+    gates = 1.3 if phase == "train" and settings.method_entry(CFG, wildcards.key)[0] == "diff_pruning" else 1.0
+    return int(examples * tokens * epochs * gates // 10_000)
 
 
 def source_run(wildcards) -> str:
