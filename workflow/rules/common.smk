@@ -194,6 +194,9 @@ def run_settings(task: str, key: str, phase: str) -> str:
     return json.dumps(values, sort_keys=True, default=str)
 
 
+# Above every run_priority (the data jobs take seconds and unlock whole tasks).
+DATA_PRIORITY = 1_000_000
+
 # Training examples and typical tokens per example (question + context windows for SQuAD)
 # of each task, for run_priority only: the order of magnitude of a job, not a measurement.
 TRAIN_EXAMPLES = {"cola": 8_551, "sst2": 67_349, "mrpc": 3_668, "stsb": 5_749, "qqp": 363_846,

@@ -19,6 +19,9 @@ rule glue_data:
     log:
         "resources/logs/glue_{folder}.log",
     localrule: True
+    # Seconds of work that unlock every run of the task: before any run job, else a task's
+    # longest runs wait behind the runs of tasks whose data happened to be ready first.
+    priority: DATA_PRIORITY
     shell:
         "{params.python:q} {params.script:q} --task {params.task} "
         "--source {params.source:q} --out {output} > {log} 2>&1"
@@ -36,6 +39,9 @@ rule squad_data:
     log:
         "resources/logs/squad.log",
     localrule: True
+    # Seconds of work that unlock every run of the task: before any run job, else a task's
+    # longest runs wait behind the runs of tasks whose data happened to be ready first.
+    priority: DATA_PRIORITY
     shell:
         "{params.python:q} {params.script:q} --task squad "
         "--source {params.source:q} --out {output} > {log} 2>&1"
