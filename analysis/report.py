@@ -133,6 +133,42 @@ def _run_set_lines(summary: pd.DataFrame) -> list[str]:
             f"- device: {values('device')}"]
 
 
+def floor_lines(summary: pd.DataFrame) -> list[str]:
+    """Every run against its floor, the score of a model that learned nothing, as the runner
+    recorded it (``majority_scores``): the majority class of the training labels, a constant
+    for a regression task (correlation 0), the sentence sharing most words with the question
+    for SQuAD. A run at or below its floor is named: its numbers say nothing about the method."""
+    columns = sorted({c[len("majority_scores."):] for c in summary.columns if c.startswith("majority_scores.")})
+    rows, at_floor = [], []
+    for column in columns:
+        score, floor = f"scores.{column}", f"majority_scores.{column}"
+        if score not in summary.columns:
+            continue
+        runs = summary[summary[score].notna() & summary[floor].notna()]
+        if runs.empty:
+            continue
+        scores = pd.to_numeric(runs[score], errors="coerce")
+        floors = pd.to_numeric(runs[floor], errors="coerce")
+        margin = scores - floors
+        lowest = margin.idxmin()
+        below = runs[margin <= 0]
+        at_floor += [f"- {run}: {column} {scores[i]:.1f} vs floor {floors[i]:.1f}"
+                     for i, run in zip(below.index, below["run_dir"])]
+        floor_text = f"{floors.min():.1f}" if floors.nunique() == 1 else f"{floors.min():.1f}-{floors.max():.1f}"
+        rows.append(f"| {column} | {floor_text} | {len(runs)} | {len(runs) - len(below)} | "
+                    f"{runs.loc[lowest, 'run_dir']} ({scores[lowest]:.1f}, {margin[lowest]:+.1f}) |")
+    if not rows:
+        return ["No run recorded its floor.", ""]
+    lines = ["Floor: the score of a model that learned nothing, on the same dev examples: the majority "
+             "class of the training labels (classification), a constant (a correlation of 0), or for "
+             "SQuAD the context sentence sharing most words with the question.", "",
+             "| score | floor | runs | above the floor | closest to it (score, margin) |",
+             "| :--- | ---: | ---: | ---: | :--- |", *rows, ""]
+    if at_floor:
+        return lines + [f"At or below the floor ({len(at_floor)}):", "", *at_floor, ""]
+    return lines + ["Every run is above its floor.", ""]
+
+
 CLAIMS = "claims"
 
 
@@ -158,6 +194,7 @@ def write_readme(results_dir) -> Path:
              "## Run set", "", *_run_set_lines(summary), ""]
     notes = data_notes(summary)
     lines += ["## Data notes", ""] + ([f"- {n}" for n in notes] or ["- none recorded"]) + [""]
+    lines += ["## Every run against its floor", "", *floor_lines(summary)]
 
     skipped = []
     for folder_name, heading in (("tables", "Tables"), ("figures", "Figures")):
