@@ -142,3 +142,60 @@ def test_average_ranks_agree_with_scipy_rankdata():
 def test_predictions_and_labels_of_different_lengths_are_refused():
     with pytest.raises(ValueError, match="3 predictions for 2 labels"):
         metrics.accuracy([1, 0, 1], [1, 0])
+
+
+# --- against the `evaluate` library's own metric scripts (the GLUE and SQuAD references the
+# paper's numbers were computed with). evaluate.load fetches those scripts from the Hugging
+# Face Hub, so offline these tests skip, saying why; the scikit-learn / scipy checks above
+# cover the same formulas without the network.
+
+def _hub_metric(*name: str):
+    evaluate = pytest.importorskip("evaluate")
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_EVALUATE_OFFLINE") == "1":
+        pytest.skip("offline (HF_HUB_OFFLINE / HF_EVALUATE_OFFLINE): evaluate.load needs the metric "
+                    f"script {'/'.join(name)} from the Hugging Face Hub")
+    try:
+        return evaluate.load(*name)
+    except (FileNotFoundError, ConnectionError, OSError) as error:
+        pytest.skip(f"evaluate.load{name} could not fetch its metric script (no network?): {error}")
+
+
+@pytest.mark.parametrize("config, ours", [
+    ("mrpc", {"accuracy": metrics.accuracy, "f1": metrics.f1_binary}),
+    ("cola", {"matthews_correlation": metrics.matthews}),
+])
+def test_classification_metrics_agree_with_evaluate(config, ours):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 200).tolist()
+    predictions = [label if keep else 1 - label for label, keep in zip(labels, rng.random(200) < 0.7)]
+    reference = _hub_metric("glue", config).compute(predictions=predictions, references=labels)
+    for name, function in ours.items():
+        assert function(predictions, labels) == pytest.approx(100 * reference[name], abs=1e-9)
+
+
+def test_correlations_agree_with_evaluate():
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    labels = rng.uniform(0, 5, 300)
+    predictions = (labels + rng.normal(0, 1.5, 300)).tolist()
+    reference = _hub_metric("glue", "stsb").compute(predictions=predictions, references=labels.tolist())
+    assert metrics.pearson(predictions, labels) == pytest.approx(100 * reference["pearson"], abs=1e-9)
+    assert metrics.spearman(predictions, labels) == pytest.approx(100 * reference["spearmanr"], abs=1e-9)
+
+
+def test_squad_scores_agree_with_evaluate():
+    golds = {"q1": ["the Eiffel Tower"], "q2": ["1889", "in 1889"], "q3": ["Gustave Eiffel"],
+             "q4": ["Paris, France"]}
+    predictions = {"q1": "Eiffel Tower", "q2": "in 1889", "q3": "Eiffel", "q4": "the city of Lyon"}
+    reference = _hub_metric("squad").compute(
+        predictions=[{"id": q, "prediction_text": text} for q, text in predictions.items()],
+        references=[{"id": q, "answers": {"text": answers, "answer_start": [0] * len(answers)}}
+                    for q, answers in golds.items()])
+    ours = metrics.squad_scores(predictions, golds)
+    assert ours["exact_match"] == pytest.approx(reference["exact_match"], abs=1e-9)
+    assert ours["f1"] == pytest.approx(reference["f1"], abs=1e-9)
