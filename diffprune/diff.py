@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffprune.config import DiffPruningConfig
+from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch_
 from diffprune.reparam import ReparametrizedModel, Slot
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffprune.config import check_rate
+from diffprune.diff_pruning_config import check_rate
 
 
 def _method_class_of(cfg: dict, key: str):

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from diffprune.config import DiffPruningConfig
+from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gates import (ExpectedL0, draw_gate_sample_, expected_l0, expected_l0_structured, fill_uniform_, gate_slope,
                              hard_concrete, logistic_s_, stretch_)
 

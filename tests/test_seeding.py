@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from diffprune.adaptive import AdaptiveDiffPruning
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 from diffprune.models import build_tiny_random_model
 from diffprune.seeding import STREAMS, derive_seeds, stream_seed
 from diffprune.tasks import get_task
