@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from diffprune.diff_pruning_config import DiffPruningConfig
-from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch_
+from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
 
 _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
@@ -104,7 +104,7 @@ class _GatedDiff(torch.autograd.Function):
         grad = grad.coalesce()
         rows, values = grad.indices()[0], grad.values()
         s = model.sample_view(slot)[rows]
-        z_elem = stretch_(s, left, right)
+        z_elem = stretch(s, left, right)
         g_w = values * z_elem
         g_alpha = values * w.detach()[rows]
         grad_group = None
@@ -198,11 +198,11 @@ class DiffPrunedModel(ReparametrizedModel):
             self._draw(_FIXED_SAMPLE_STEP, self.config.mask_seed, FIXED_SAMPLE_DTYPE)
 
     def sample_view(self, slot: Slot) -> torch.Tensor:
-        """The slot's part of the current sample (16-bit while training); ``stretch_`` computes in fp32."""
+        """The slot's part of the current sample (16-bit while training); ``stretch`` computes in fp32."""
         return self.sample[slot.offset: slot.offset + slot.numel].view(slot.shape)
 
     def group_gate(self, index: int) -> torch.Tensor:
-        return stretch_(self.group_sample[index], self.config.left, self.config.right)
+        return stretch(self.group_sample[index], self.config.left, self.config.right)
 
     # -- effective weights -------------------------------------------------------------
     def effective(self, slot: Slot) -> torch.Tensor:
@@ -220,7 +220,7 @@ class DiffPrunedModel(ReparametrizedModel):
             s, base, w, out_flat = _flat(self.sample_view(slot)), _flat(slot.base), _flat(self.w[slot.index]), out.view(-1)
             z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
             for part in _chunks(s.numel()):
-                z = stretch_(s[part], self.config.left, self.config.right)
+                z = stretch(s[part], self.config.left, self.config.right)
                 if z_group is not None:
                     z.mul_(z_group)
                 torch.addcmul(base[part], z, w[part], out=out_flat[part])
@@ -274,7 +274,7 @@ class DiffPrunedModel(ReparametrizedModel):
         self.use_fixed_sample()
         out = {}
         for slot in self.slots:
-            z = stretch_(self.sample_view(slot), self.config.left, self.config.right)
+            z = stretch(self.sample_view(slot), self.config.left, self.config.right)
             if self.group_alpha is not None:
                 z.mul_(self.group_gate(slot.index))
             out[slot.name] = (z * self.w[slot.index]).to(torch.float32)

@@ -91,8 +91,8 @@ def logistic_s_(u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return u
 
 
-def stretch_(s: torch.Tensor, left: float, right: float) -> torch.Tensor:
-    """z = clamp(s * (r - l) + l, 0, 1); returns a new fp32 tensor (s may be 16-bit)."""
+def stretch(s: torch.Tensor, left: float, right: float) -> torch.Tensor:
+    """z = clamp(s * (r - l) + l, 0, 1) as a new fp32 tensor; ``s`` (which may be 16-bit) is left as it is."""
     return (s.float() * (right - left)).add_(left).clamp_(0.0, 1.0)
 
 

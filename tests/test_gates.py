@@ -5,7 +5,7 @@ import torch
 
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gates import (ExpectedL0, draw_gate_sample_, expected_l0, expected_l0_structured, fill_uniform_, gate_slope,
-                             hard_concrete, logistic_s_, stretch_)
+                             hard_concrete, logistic_s_, stretch)
 
 
 def sig(x):
@@ -48,7 +48,8 @@ def test_memory_light_penalty_matches_reference_and_its_gradient():
 def test_gate_stretch_clamp_and_slope():
     # s = 0.5 -> z_bar = 0 (clamped boundary), s = 0.75 -> 0.75 * 3 - 1.5 = 0.75, s = 0.9 -> 1.2 -> 1
     s = torch.tensor([0.5, 0.75, 0.9])
-    assert torch.allclose(stretch_(s, -1.5, 1.5), torch.tensor([0.0, 0.75, 1.0]))
+    assert torch.allclose(stretch(s, -1.5, 1.5), torch.tensor([0.0, 0.75, 1.0]))
+    assert torch.equal(s, torch.tensor([0.5, 0.75, 0.9]))  # not in place: s is still the sample
     slope = gate_slope(s, -1.5, 1.5)
     assert slope[0] == 0 and slope[2] == 0
     assert math.isclose(slope[1].item(), 3 * 0.75 * 0.25, rel_tol=1e-6)
@@ -58,7 +59,7 @@ def test_in_place_sampling_matches_the_formula():
     u = torch.tensor([0.2, 0.5, 0.9])
     alpha = torch.tensor([0.0, 1.0, -1.0])
     s = logistic_s_(u.clone(), alpha)
-    z = stretch_(s, -1.5, 1.5)
+    z = stretch(s, -1.5, 1.5)
     assert torch.allclose(z, hard_concrete(alpha, u, -1.5, 1.5))
 
 
