@@ -20,6 +20,7 @@ from torch import nn
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
+from diffprune.seeding import GROUP_NOISE_STRIDE, generator_seed
 
 _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
 
@@ -176,7 +177,8 @@ class DiffPrunedModel(ReparametrizedModel):
         with torch.no_grad():
             draw_gate_sample_(self.sample, [(slot.offset, self.alpha[slot.index]) for slot in self.slots], seed, step)
             if self.group_alpha is not None:
-                g = torch.Generator(device=self.group_sample.device).manual_seed(seed * 7919 + step + 1)
+                g = torch.Generator(device=self.group_sample.device).manual_seed(
+                    generator_seed(seed, step + 1, stride=GROUP_NOISE_STRIDE))
                 self.group_sample.uniform_(generator=g)
                 logistic_s_(self.group_sample, self.group_alpha)
         self._sample_key = (step, seed, self._alpha_version())

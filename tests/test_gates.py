@@ -77,6 +77,22 @@ def test_noise_depends_only_on_seed_and_step_not_on_threads():
     assert 0 < a.min() and a.max() < 1 and abs(a.mean().item() - 0.5) < 0.01
 
 
+def test_noise_of_a_seed_and_step_is_what_it_has_always_been():
+    # Drawn before the chunk seeds moved to diffprune.seeding.generator_seed: the gate noise
+    # of (seed, step), and so every diff pruning run, must not change with the helper.
+    assert fill_uniform_(torch.empty(16), seed=3, step=5).tolist() == [
+        0.868744432926178, 0.5878620743751526, 0.46124064922332764, 0.5125680565834045,
+        0.2316373586654663, 0.0958978533744812, 0.11905336380004883, 0.9472494125366211,
+        0.010827362537384033, 0.2503807544708252, 0.527427613735199, 0.6359773874282837,
+        0.7989388108253479, 0.66411954164505, 0.6465516090393066, 0.2707974910736084]
+    # step -1 (the fixed evaluation / export sample) of seed 0: negative counters, wrapped
+    assert fill_uniform_(torch.empty(16), seed=0, step=-1).tolist() == [
+        0.7980604767799377, 0.6225141286849976, 0.8826274871826172, 0.3958641290664673,
+        0.2533376216888428, 0.6773603558540344, 0.10018062591552734, 0.726364254951477,
+        0.9308151006698608, 0.6607242226600647, 0.417270302772522, 0.025916099548339844,
+        0.6248647570610046, 0.5075611472129822, 0.2907348871231079, 0.07334184646606445]
+
+
 def test_gate_sample_is_the_logistic_of_the_seeded_noise_in_any_precision():
     alphas = [torch.randn(70_000), torch.randn(3), torch.randn(130_000)]
     offsets = [0, 70_000, 70_003]
