@@ -10,6 +10,9 @@ the repeated blocks it keeps in a ``ModuleList`` / ``Sequential``, e.g. BERT's
 ``layer1 .. layer4``, MobileNet's ``features``) in depth order. ``layer_of`` reads a bare
 parameter name with the usual Hugging Face block naming; it is the fallback for a model with
 no block list and for callers that only have names.
+
+``is_head`` is the one test of "is this parameter part of the task head" (the methods, the
+statistics, the stored diff and its fingerprint all ask it).
 """
 from __future__ import annotations
 
@@ -26,9 +29,15 @@ _EMBED = re.compile(r"(?:^|\.)(?:embeddings|embed_tokens|wte|wpe|embed_positions
 _NORM_CLASS = re.compile(r"(?:LayerNorm|RMSNorm|LayerNormalization)$")
 
 
+def is_head(name: str, head_pattern: str | None) -> bool:
+    """A parameter of the task head (new per task, trained densely, never diffed): its name
+    matches ``head_pattern`` anywhere (``re.search``). None: no head is known, so nothing is."""
+    return head_pattern is not None and re.search(head_pattern, name) is not None
+
+
 def layer_of(name: str, head_pattern: str | None = None) -> str:
     """Layer label of a parameter name, from the name alone (see ``layer_labels``)."""
-    if head_pattern and re.search(head_pattern, name):
+    if is_head(name, head_pattern):
         return "head"
     match = _BLOCK.search(name)
     if match:
@@ -81,13 +90,12 @@ def block_prefixes(model: nn.Module, head_pattern: str | None = None) -> list[st
     lists (an encoder's and a decoder's, ResNet's four stages) are numbered on in model order.
     Nothing inside the task head counts.
     """
-    head = re.compile(head_pattern) if head_pattern else None
     claimed: list[str] = []
     blocks: list[str] = []
     for name, module in model.named_modules():
         if any(_under(name, prefix) for prefix in claimed) or not _is_block_list(module):
             continue
-        if head is not None and any(head.search(f"{name}.{p}" if name else p) for p, _ in module.named_parameters()):
+        if any(is_head(f"{name}.{p}" if name else p, head_pattern) for p, _ in module.named_parameters()):
             continue
         claimed.append(name)
         blocks += [f"{name}.{child}" if name else child
@@ -102,12 +110,11 @@ def layer_labels(model: nn.Module, head_pattern: str | None = None) -> dict[str,
     index = {prefix: i for i, prefix in enumerate(block_prefixes(model, head_pattern))}
     if not index:
         return {name: layer_of(name, head_pattern) for name in names}
-    head = re.compile(head_pattern) if head_pattern else None
     labels = {}
     for name in names:
         parts = name.split(".")
         block = next((index[p] for p in (".".join(parts[:k]) for k in range(1, len(parts))) if p in index), None)
-        if head is not None and head.search(name):
+        if is_head(name, head_pattern):
             labels[name] = "head"
         elif block is not None:
             labels[name] = f"layer_{block}"

@@ -6,7 +6,7 @@ from collections import OrderedDict
 import pytest
 from torch import nn
 
-from diffprune.layers import block_prefixes, is_layer_norm, layer_labels, layer_of, layer_order
+from diffprune.layers import block_prefixes, is_head, is_layer_norm, layer_labels, layer_of, layer_order
 
 
 class Block(nn.Module):
@@ -103,6 +103,16 @@ def test_transformers_block_lists(tiny_bert):
     assert block_prefixes(llama, r"^score\.") == ["model.layers.0", "model.layers.1"]
     assert layer_order(set(layer_labels(llama, r"^score\.").values())) == [
         "embeddings", "layer_0", "layer_1", "other", "head"]
+
+
+def test_the_head_is_what_the_pattern_finds_anywhere_in_a_name():
+    assert is_head("classifier.weight", r"^classifier\.")
+    assert is_head("model.score.weight", r"(^|\.)score\.")  # found anywhere, not only at the start
+    assert not is_head("bert.classifier_norm.weight", r"(^|\.)classifier\.")
+    assert not is_head("classifier.weight", None)  # no head known: nothing is the head
+    # the anchored exact-names pattern the loader's head becomes (models.head_pattern_for)
+    assert is_head("qa_outputs.bias", r"^(?:qa_outputs\.bias|qa_outputs\.weight)$")
+    assert not is_head("qa_outputs.bias_extra", r"^(?:qa_outputs\.bias|qa_outputs\.weight)$")
 
 
 def test_without_a_block_list_the_name_regex_decides():
