@@ -12,14 +12,18 @@ parameter name with the usual Hugging Face block naming; it is the fallback for 
 no block list and for callers that only have names.
 
 ``is_head`` is the one test of "is this parameter part of the task head" (the methods, the
-statistics, the stored diff and its fingerprint all ask it).
+statistics, the stored diff and its fingerprint all ask it), and ``layer_rank`` the one order
+of layer labels (the statistics, the baselines and the analysis's figures). The analysis runs
+without torch, so torch is imported only inside the functions that inspect a model.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 # Transformer blocks in the usual Hugging Face naming: encoder.layer.3, h.3, layers.3, blocks.3
 _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
@@ -49,6 +53,8 @@ def layer_of(name: str, head_pattern: str | None = None) -> str:
 
 def is_layer_norm(module: nn.Module) -> bool:
     """A layer / RMS normalisation module (torch's or a library's own class)."""
+    from torch import nn
+
     torch_norms = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
     return isinstance(module, torch_norms) or bool(_NORM_CLASS.search(type(module).__name__))
 
@@ -65,6 +71,8 @@ def _is_block_list(container: nn.Module) -> bool:
     composite (not a bare Linear / Conv: a Sequential of those is an MLP, not a stack of
     blocks), and there are at least two of them, or a ModuleList of one (a 1-block model).
     """
+    from torch import nn
+
     if not isinstance(container, (nn.ModuleList, nn.Sequential)):
         return False
     children = [child for child in container.children() if _holds_parameters(child)]
@@ -125,13 +133,21 @@ def layer_labels(model: nn.Module, head_pattern: str | None = None) -> dict[str,
     return labels
 
 
+def layer_rank(label: str) -> tuple:
+    """Sort key of a layer label: embeddings first, blocks in depth order (layer_2 before
+    layer_10), then any other label alphabetically, head last."""
+    if label == "embeddings":
+        return (0, 0, "")
+    if label.startswith("layer_") and label[len("layer_"):].isdigit():
+        return (1, int(label[len("layer_"):]), "")
+    if label == "head":
+        return (3, 0, "")
+    return (2, 0, label)
+
+
 def layer_order(labels) -> list[str]:
-    """Embeddings first, blocks in depth order, then anything else, head last."""
-    labels = set(labels)
-    blocks = sorted((l for l in labels if l.startswith("layer_")), key=lambda l: int(l.split("_")[1]))
-    ordered = (["embeddings"] if "embeddings" in labels else []) + blocks
-    ordered += sorted(labels - set(ordered) - {"head"})
-    return ordered + (["head"] if "head" in labels else [])
+    """The distinct ``labels`` in ``layer_rank`` order."""
+    return sorted(set(labels), key=layer_rank)
 
 
 def num_blocks(names) -> int:
