@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from diffprune.layers import layer_rank
+from diffprune.rungraph import rate_label
 
 FULL_FINETUNING = "full_finetuning"
 DIFF_PRUNING = "diff_pruning"
@@ -135,14 +136,10 @@ def projected_keys(summary: pd.DataFrame) -> list[str]:
     return sorted(summary.loc[summary["phase"] == "prune", "method_key"].unique())
 
 
-def format_rate(rate: float) -> str:
-    return f"{rate:g}"
-
-
 def display_name(method_key: str, rate: float | None = None) -> str:
     name = str(method_key).replace("_", " ")
     if rate is not None and not (isinstance(rate, float) and math.isnan(rate)):
-        name += f" @ {format_rate(rate)}%"
+        name += f" @ {rate_label(rate)}%"
     return name
 
 
