@@ -28,8 +28,9 @@ from diffprune.tasks import GLUE_SPECS  # noqa: E402
 # Jobs run with the interpreter running Snakemake: `python` on PATH may be another one
 # (`make reproduce` calls .venv/bin/snakemake without activating the venv). Under
 # `--software-deployment-method conda` the job's activated environment provides `python`.
-# Either way the jobs run from the repository root, so `-m diffprune` / `-m analysis` import
-# this checkout's code.
+# Either way the jobs run in the working directory: from the repository root, `-m diffprune` /
+# `-m analysis` import this checkout's code; under `--directory .test` they import the
+# installed package (`make venv` installs this checkout, editable).
 PYTHON = (
     "python"
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
