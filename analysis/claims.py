@@ -32,7 +32,8 @@ from analysis import reference
 from analysis.render import Table
 from analysis.runset import (ADAPTERS, FULL_FINETUNING, LAST_LAYER, NONADAPTIVE_DIFF_PRUNING, chosen_rate,
                              column_title, diff_pruning_variant, display_name, final_runs, format_mean_std,
-                             format_rate, layer_counts, score_columns, summarise_scores)
+                             layer_counts, score_columns, summarise_scores)
+from diffprune.rungraph import rate_label
 
 HOLDS = "holds"
 FAILS = "does not hold"
@@ -151,7 +152,7 @@ class Evidence:
     def label(self, variant: str, rate: float | None = None) -> str:
         key = self.variant_key(variant)
         name = display_name(key) if key else VARIANT_NAMES[variant]
-        return name + (f" @ {format_rate(rate)}%" if rate is not None else "")
+        return name + (f" @ {rate_label(rate)}%" if rate is not None else "")
 
 
 def averages(entries: list[tuple[str, pd.DataFrame, str]],
@@ -226,15 +227,15 @@ def claim_structured_near_full(ev: Evidence) -> Outcome:
 
 def _ordering(ev: Evidence, rates: list[float]) -> tuple[dict, list[str], list[str]]:
     """Averages of the three variants at each rate, over the columns all of them have."""
-    entries = [(f"{variant}@{rate:g}", ev.variant_runs(variant, rate), "scores.")
+    entries = [(f"{variant}@{rate_label(rate)}", ev.variant_runs(variant, rate), "scores.")
                for rate in rates for variant in (STRUCTURED, UNSTRUCTURED, NONADAPTIVE)]
     return averages(entries)
 
 
 def _order_text(stats: dict, rate: float) -> tuple[bool, str, list[str]]:
-    s, u, n = (stats[f"{v}@{rate:g}"] for v in (STRUCTURED, UNSTRUCTURED, NONADAPTIVE))
+    s, u, n = (stats[f"{v}@{rate_label(rate)}"] for v in (STRUCTURED, UNSTRUCTURED, NONADAPTIVE))
     holds = s.mean > u.mean > n.mean
-    text = (f"{format_rate(rate)}%: structured {s.text()} {_compare_sign(s.mean, u.mean)} unstructured "
+    text = (f"{rate_label(rate)}%: structured {s.text()} {_compare_sign(s.mean, u.mean)} unstructured "
             f"{u.text()} {_compare_sign(u.mean, n.mean)} non-adaptive {n.text()}")
     notes = []
     for name, high, low in (("structured - unstructured", s, u), ("unstructured - non-adaptive", u, n)):
@@ -265,7 +266,7 @@ def claim_order_every_rate(ev: Evidence) -> Outcome:
     shared = sorted(set.intersection(*(set(ev.variant_rates(v)) for v in (STRUCTURED, UNSTRUCTURED, NONADAPTIVE))))
     has_smallest = any(math.isclose(r, SMALLEST_PAPER_RATE) for r in shared)
     if not has_smallest or len(shared) < 2:
-        here = ", ".join(format_rate(r) for r in shared) or "none"
+        here = ", ".join(rate_label(r) for r in shared) or "none"
         lacking = _missing_variants(ev)
         return _untestable("needs rate 0.1 and at least one larger rate for all three variants (structured, "
                            f"unstructured, non-adaptive); rates all three have here: {here}"
@@ -278,12 +279,12 @@ def claim_order_every_rate(ev: Evidence) -> Outcome:
         holds, text, notes = _order_text(stats, rate)
         ordered &= holds
         texts.append(text)
-        spread_notes += [f"{format_rate(rate)}% {n}" for n in notes]
-        gaps[rate] = stats[f"{STRUCTURED}@{rate:g}"].mean - stats[f"{NONADAPTIVE}@{rate:g}"].mean
+        spread_notes += [f"{rate_label(rate)}% {n}" for n in notes]
+        gaps[rate] = stats[f"{STRUCTURED}@{rate_label(rate)}"].mean - stats[f"{NONADAPTIVE}@{rate_label(rate)}"].mean
     smallest = shared[0]
     widest = all(gaps[smallest] > gap for rate, gap in gaps.items() if rate != smallest)
-    gap_text = ("gap structured - non-adaptive: " + ", ".join(f"{format_rate(r)}% {g:+.1f}" for r, g in gaps.items())
-                + f" ({'widest' if widest else 'not widest'} at {format_rate(smallest)}%)")
+    gap_text = ("gap structured - non-adaptive: " + ", ".join(f"{rate_label(r)}% {g:+.1f}" for r, g in gaps.items())
+                + f" ({'widest' if widest else 'not widest'} at {rate_label(smallest)}%)")
     ours = _with_notes("; ".join(texts) + f"; {gap_text}", *spread_notes, _columns_text(common, left_out))
     return _judge(ordered and widest, ours)
 
@@ -292,23 +293,23 @@ def claim_structured_rises_with_rate(ev: Evidence) -> Outcome:
     rates = ev.variant_rates(STRUCTURED)
     full = ev.dense_runs(FULL_FINETUNING)
     if not any(math.isclose(r, 1.0) for r in rates) or len(rates) < 2 or full.empty:
-        here = ", ".join(format_rate(r) for r in rates) or "none"
+        here = ", ".join(rate_label(r) for r in rates) or "none"
         return _untestable("needs structured diff pruning at 1% and at least one smaller rate, and full "
                            f"finetuning (structured rates here: {here}"
                            f"{'' if not full.empty else '; no full finetuning'})")
-    entries = [(f"{rate:g}", ev.variant_runs(STRUCTURED, rate), "scores.") for rate in rates]
+    entries = [(rate_label(rate), ev.variant_runs(STRUCTURED, rate), "scores.") for rate in rates]
     stats, common, left_out = averages(entries + [("full", full, "scores.")])
     if not common:
         return _untestable("needs a GLUE task run at every structured rate and by full finetuning")
-    means = [stats[f"{rate:g}"].mean for rate in rates]
+    means = [stats[rate_label(rate)].mean for rate in rates]
     rises = all(later >= earlier for earlier, later in zip(means, means[1:]))
-    at_one = stats[f"{1.0:g}"]
+    at_one = stats[rate_label(1.0)]
     difference = at_one.mean - stats["full"].mean
     reaches = difference >= -TOLERANCE_POINTS
-    ours = f"{format_rate(rates[0])}% {stats[f'{rates[0]:g}'].text()}"
+    ours = f"{rate_label(rates[0])}% {stats[rate_label(rates[0])].text()}"
     for earlier, later in zip(rates, rates[1:]):
-        ours += (f" {_compare_sign(stats[f'{earlier:g}'].mean, stats[f'{later:g}'].mean)} "
-                 f"{format_rate(later)}% {stats[f'{later:g}'].text()}")
+        ours += (f" {_compare_sign(stats[rate_label(earlier)].mean, stats[rate_label(later)].mean)} "
+                 f"{rate_label(later)}% {stats[rate_label(later)].text()}")
     ours = _with_notes(f"{ev.label(STRUCTURED)}: {ours} ({'rises' if rises else 'does not rise'} with the rate); "
                        f"at 1% vs full finetuning {stats['full'].text()}: {difference:+.1f} points",
                        _spread_note(difference, (at_one, stats["full"])), _columns_text(common, left_out))
@@ -406,7 +407,7 @@ def claim_projection_costs_little(ev: Evidence) -> Outcome:
             projected, projected_common, _ = averages([("projected", runs, "before_finetune.scores.")], common)
             middle = f" -> {projected['projected'].text()}" if projected_common == common else ""
             shows_projected |= bool(middle)
-            steps.append(_with_notes(f"{format_rate(rate)}% {stats['before'].text()}{middle} -> "
+            steps.append(_with_notes(f"{rate_label(rate)}% {stats['before'].text()}{middle} -> "
                                      f"{stats['after'].text()} ({difference:+.1f})",
                                      _spread_note(difference, stats.values())))
             columns_texts.add(_columns_text(common, []))
@@ -436,7 +437,7 @@ def _layer_profiles(ev: Evidence) -> tuple[pd.DataFrame, float | None, str]:
     counts = layer_counts(ev.layers, runs[np.isclose(runs["rate"].astype(float), rate)])
     counts = counts[counts["layer"].astype(str) != HEAD_LAYER]
     if counts.empty:
-        return counts, rate, f"needs per-layer nonzero counts of structured diff pruning at {format_rate(rate)}%"
+        return counts, rate, f"needs per-layer nonzero counts of structured diff pruning at {rate_label(rate)}%"
     counts = counts.assign(share_pct=100.0 * counts["nonzero"]
                            / counts.groupby("run_dir")["nonzero"].transform("sum").replace(0, np.nan))
     return counts, rate, ""
@@ -571,7 +572,7 @@ def _claims() -> tuple[Claim, ...]:
     structured = _paper_table1("structured diff pruning", 0.5)
     unstructured, nonadaptive = _paper_table1("diff pruning", 0.5), _paper_table1("non-adaptive diff pruning", 0.5)
     table2 = " / ".join(f"{v:.1f}" for v in reference.TABLE2_STRUCTURED_AVERAGE.values())
-    table2_rates = " / ".join(format_rate(r) for r in reference.TABLE2_STRUCTURED_AVERAGE)
+    table2_rates = " / ".join(rate_label(r) for r in reference.TABLE2_STRUCTURED_AVERAGE)
     tol = f"{TOLERANCE_POINTS:g} point"
     return (
         Claim(1, "Structured diff pruning at 0.5% is within 1 point of full finetuning on the task average.",

@@ -23,10 +23,11 @@ import seaborn as sns  # noqa: E402
 from analysis.output import save_figure, write_csv  # noqa: E402
 from analysis.runset import (FULL_FINETUNING, AnalysisError, chosen_rate,  # noqa: E402
                              column_title, diff_pruning_variant, display_name, final_runs,
-                             format_percent, format_rate, is_full_finetuning, layer_counts, ordered_layers,
+                             format_percent, is_full_finetuning, layer_counts, ordered_layers,
                              require_columns,
                              score_columns, summarise_scores)
 from analysis.tables import Skipped  # noqa: E402
+from diffprune.rungraph import rate_label  # noqa: E402
 
 
 PREFERRED_SEED_TASK = "sst2"  # the paper's Figure 3 shows SST-2 runs
@@ -133,7 +134,7 @@ def figure1_average_vs_rate(summary: pd.DataFrame) -> Figure:
     high = max([*rates, *points["new_params_pct"]])
     ticks = [t for t in ticks if low / 1.5 <= t <= high * 1.5]
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{format_rate(r)}%" for r in ticks])
+    ax.set_xticklabels([f"{rate_label(r)}%" for r in ticks])
     ax.minorticks_off()
     ax.set_xlabel("% of pretrained parameters changed (log scale): diff pruning's target rate,\n"
                   "other methods' new parameters per task (open markers)")
@@ -195,7 +196,7 @@ def figure1_zero_groups(summary: pd.DataFrame) -> Figure:
         totals = at_rate["groups_total"].dropna().unique()
         total = (f"{int(totals[0])}" if len(totals) == 1
                  else f"{int(totals.min())}-{int(totals.max())}") if len(totals) else "?"
-        ax.set_title(f"target rate {format_rate(rate)}% (of {total} groups)")
+        ax.set_title(f"target rate {rate_label(rate)}% (of {total} groups)")
         ax.set_xlabel("task")
     axes[0][0].set_ylabel("groups left entirely zero (count)")
     axes[0][-1].legend(title="diff pruning variant", fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
@@ -231,7 +232,7 @@ def structured_layer_shares(summary: pd.DataFrame, layers: pd.DataFrame) -> tupl
     runs = runs[np.isclose(runs["rate"], rate)]
     joined = layer_counts(layers, runs)
     if joined.empty:
-        raise Skipped(f"no per-layer nonzero counts for structured diff pruning at {format_rate(rate)}%")
+        raise Skipped(f"no per-layer nonzero counts for structured diff pruning at {rate_label(rate)}%")
     totals = joined.groupby("run_dir")["nonzero"].transform("sum")
     joined["share_pct"] = 100.0 * joined["nonzero"] / totals.replace(0, np.nan)
     return joined, rate
@@ -280,10 +281,10 @@ def figure2_layer_share_by_task(summary: pd.DataFrame, layers: pd.DataFrame) -> 
     titles = {t: _task_title(t) + (f" ({seeds[t]} seeds)" if seeds[t] > 1 else "") for t in tasks}
     fig = _layer_panels(shares, "task", titles, order,
                         f"Share of modified parameters per layer, one panel per task\n"
-                        f"(structured diff pruning at {format_rate(rate)}%)")
+                        f"(structured diff pruning at {rate_label(rate)}%)")
     data = _share_table(shares, ["task", "method_key", "rate"])
     caption = (f"Figure 2: percentage of the nonzero diff entries that fall in each layer (embeddings "
-               f"first, head last), structured diff pruning at {format_rate(rate)}% target rate, per task; "
+               f"first, head last), structured diff pruning at {rate_label(rate)}% target rate, per task; "
                "error bars: std over seeds when several.")
     return Figure("figure2_layer_share_by_task", "Figure 2: modified parameters per layer, per task",
                   caption, fig, data)
@@ -305,10 +306,10 @@ def figure3_layer_share_by_seed(summary: pd.DataFrame, layers: pd.DataFrame) -> 
     titles = {s: f"seed {s}" for s in sorted(shares["seed"].unique())}
     fig = _layer_panels(shares, "seed", titles, order,
                         f"{_task_title(task)}: share of modified parameters per layer, one panel per seed\n"
-                        f"(structured diff pruning at {format_rate(rate)}%)")
+                        f"(structured diff pruning at {rate_label(rate)}%)")
     data = _share_table(shares, ["task", "method_key", "rate", "seed"])
     caption = (f"Figure 3: the per-layer share of nonzero diff entries for each {_task_title(task)} seed, "
-               f"structured diff pruning at {format_rate(rate)}%.")
+               f"structured diff pruning at {rate_label(rate)}%.")
     return Figure("figure3_layer_share_by_seed", f"Figure 3: per-layer profile across {_task_title(task)} seeds",
                   caption, fig, data)
 

@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis.output import write_json, write_text
 from analysis.runset import AnalysisError, load_layers, load_summary
+from diffprune.rungraph import rate_label
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _run_set_lines(summary: pd.DataFrame) -> list[str]:
     return [f"- runs: {len(summary)} ({(summary['phase'] == 'prune').sum()} prune-phase)",
             f"- tasks: {values('task')}",
             f"- method keys: {values('method_key')}",
-            f"- target rates (%): {', '.join(f'{r:g}' for r in rates) or 'none'}",
+            f"- target rates (%): {', '.join(rate_label(r) for r in rates) or 'none'}",
             f"- seeds: {values('seed')}",
             f"- model: {values('model_id')}",
             f"- device: {values('device')}"]

@@ -26,6 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffprune.layers import layer_rank
+from diffprune.rungraph import rate_label
+
 FULL_FINETUNING = "full_finetuning"
 DIFF_PRUNING = "diff_pruning"
 NONADAPTIVE_DIFF_PRUNING = "nonadaptive_diff_pruning"
@@ -133,14 +136,10 @@ def projected_keys(summary: pd.DataFrame) -> list[str]:
     return sorted(summary.loc[summary["phase"] == "prune", "method_key"].unique())
 
 
-def format_rate(rate: float) -> str:
-    return f"{rate:g}"
-
-
 def display_name(method_key: str, rate: float | None = None) -> str:
     name = str(method_key).replace("_", " ")
     if rate is not None and not (isinstance(rate, float) and math.isnan(rate)):
-        name += f" @ {format_rate(rate)}%"
+        name += f" @ {rate_label(rate)}%"
     return name
 
 
@@ -261,21 +260,11 @@ def layer_counts(layers: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     return joined.dropna(subset=["nonzero"])
 
 
-def layer_sort_key(label: str) -> tuple:
-    """Embeddings first, blocks by depth, other labels alphabetically, head last (the same
-    order ``diffprune.layers.layer_order`` gives; used when layers.csv has no layer_index)."""
-    if label == "embeddings":
-        return (0, 0, "")
-    if label.startswith("layer_") and label[6:].isdigit():
-        return (1, int(label[6:]), "")
-    if label == "head":
-        return (3, 0, "")
-    return (2, 0, label)
-
-
 def ordered_layers(layers: pd.DataFrame) -> list[str]:
+    """The layer labels of ``layers`` by the runs' own order (layers.csv's layer_index), else
+    in ``diffprune.layers.layer_rank`` order."""
     labels = list(layers["layer"].dropna().astype(str).unique())
     if "layer_index" in layers.columns and layers["layer_index"].notna().all():
         index = layers.groupby("layer")["layer_index"].median()
-        return sorted(labels, key=lambda label: (index.get(label, np.inf), layer_sort_key(label)))
-    return sorted(labels, key=layer_sort_key)
+        return sorted(labels, key=lambda label: (index.get(label, np.inf), layer_rank(label)))
+    return sorted(labels, key=layer_rank)

@@ -18,6 +18,7 @@ from analysis.runset import (FULL_FINETUNING, SQUAD_COLUMNS, TABLE1_AVERAGE_EXCL
                              column_title, diff_pruning_variant, display_name, final_runs,
                              format_mean_std, format_percent, is_full_finetuning,
                              require_columns, score_columns, summarise_scores)
+from diffprune.rungraph import rate_label
 
 
 PAPER_TASK_COUNT = 9  # GLUE tasks in the paper: the "N = 9" storage column of Table 5
@@ -179,7 +180,7 @@ def table2_structured_rates(summary: pd.DataFrame) -> Table:
             return "100%"
         if row["natural_budget"]:
             return f"({format_percent(row['new_params_pct'])})"
-        return format_percent(row["rate"])
+        return f"{rate_label(row['rate'])}%"
 
     cells = [[row["row"], budget_cell(row)]
              + _score_cells(row, columns) + [_average_cell(row),

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from baselines.common import (SubsetFinetuning, check_learning_rate, decay_groups, is_head,
-                              trainable_named_parameters)
+from baselines.common import SubsetFinetuning, check_learning_rate, decay_groups, trainable_named_parameters
+from diffprune.layers import is_head
 
 
 class BitFit(SubsetFinetuning):

@@ -7,7 +7,6 @@ once so that they differ only in which parameters they select.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -16,12 +15,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from diffprune.atomic import write_with
+from diffprune.layers import is_head
 from diffprune.methods import Method
-
-
-def is_head(name: str, head_pattern: str) -> bool:
-    """A task-head parameter: new per task, always trained densely."""
-    return re.search(head_pattern, name) is not None
 
 
 def head_parameter_names(model: nn.Module, head_pattern: str) -> list[str]:

@@ -15,8 +15,8 @@ import re
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning, is_head
-from diffprune.layers import block_prefixes, is_layer_norm
+from baselines.common import SubsetFinetuning
+from diffprune.layers import block_prefixes, is_head, is_layer_norm
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffprune.config import DiffPruningConfig
+from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.methods import AdamWInBackward, Method, adamw
 from diffprune.seeding import RunSeeds

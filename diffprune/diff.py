@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffprune.config import DiffPruningConfig
-from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch_
+from diffprune.diff_pruning_config import DiffPruningConfig
+from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
+from diffprune.seeding import GROUP_NOISE_STRIDE, generator_seed
 
 _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
 
@@ -104,7 +105,7 @@ class _GatedDiff(torch.autograd.Function):
         grad = grad.coalesce()
         rows, values = grad.indices()[0], grad.values()
         s = model.sample_view(slot)[rows]
-        z_elem = stretch_(s, left, right)
+        z_elem = stretch(s, left, right)
         g_w = values * z_elem
         g_alpha = values * w.detach()[rows]
         grad_group = None
@@ -176,7 +177,8 @@ class DiffPrunedModel(ReparametrizedModel):
         with torch.no_grad():
             draw_gate_sample_(self.sample, [(slot.offset, self.alpha[slot.index]) for slot in self.slots], seed, step)
             if self.group_alpha is not None:
-                g = torch.Generator(device=self.group_sample.device).manual_seed(seed * 7919 + step + 1)
+                g = torch.Generator(device=self.group_sample.device).manual_seed(
+                    generator_seed(seed, step + 1, stride=GROUP_NOISE_STRIDE))
                 self.group_sample.uniform_(generator=g)
                 logistic_s_(self.group_sample, self.group_alpha)
         self._sample_key = (step, seed, self._alpha_version())
@@ -198,11 +200,11 @@ class DiffPrunedModel(ReparametrizedModel):
             self._draw(_FIXED_SAMPLE_STEP, self.config.mask_seed, FIXED_SAMPLE_DTYPE)
 
     def sample_view(self, slot: Slot) -> torch.Tensor:
-        """The slot's part of the current sample (16-bit while training); ``stretch_`` computes in fp32."""
+        """The slot's part of the current sample (16-bit while training); ``stretch`` computes in fp32."""
         return self.sample[slot.offset: slot.offset + slot.numel].view(slot.shape)
 
     def group_gate(self, index: int) -> torch.Tensor:
-        return stretch_(self.group_sample[index], self.config.left, self.config.right)
+        return stretch(self.group_sample[index], self.config.left, self.config.right)
 
     # -- effective weights -------------------------------------------------------------
     def effective(self, slot: Slot) -> torch.Tensor:
@@ -220,7 +222,7 @@ class DiffPrunedModel(ReparametrizedModel):
             s, base, w, out_flat = _flat(self.sample_view(slot)), _flat(slot.base), _flat(self.w[slot.index]), out.view(-1)
             z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
             for part in _chunks(s.numel()):
-                z = stretch_(s[part], self.config.left, self.config.right)
+                z = stretch(s[part], self.config.left, self.config.right)
                 if z_group is not None:
                     z.mul_(z_group)
                 torch.addcmul(base[part], z, w[part], out=out_flat[part])
@@ -274,7 +276,7 @@ class DiffPrunedModel(ReparametrizedModel):
         self.use_fixed_sample()
         out = {}
         for slot in self.slots:
-            z = stretch_(self.sample_view(slot), self.config.left, self.config.right)
+            z = stretch(self.sample_view(slot), self.config.left, self.config.right)
             if self.group_alpha is not None:
                 z.mul_(self.group_gate(slot.index))
             out[slot.name] = (z * self.w[slot.index]).to(torch.float32)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffprune import encoding, packed
+from diffprune.rungraph import rate_label
 
 TARGET_RATIO = 1.15  # issue 14: file bytes <= 1.15 x the limit, header included
 
@@ -80,8 +81,9 @@ def size_report(path, repeats: int = 5) -> dict:
 
 def format_report(report: dict) -> str:
     ok = "within" if report["file_vs_limit"] <= TARGET_RATIO else "ABOVE"
+    rate = report["rate"] if report["rate"] is None else rate_label(report["rate"])
     return "\n".join([
-        f"{report['file']} (version {report['version']}, task {report['task']}, rate {report['rate']}%)",
+        f"{report['file']} (version {report['version']}, task {report['task']}, rate {rate}%)",
         f"  k = {report['nonzeros']:,} of d = {report['diffed_params']:,} entries, values {report['values_dtype']}",
         f"  positions {report['position_bytes']:>10,} B   limit log2 C(d,k)/8 = {report['position_limit_bytes']:,.0f} B"
         f"   ({report['positions_vs_limit']:.3f}x)",

@@ -16,15 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from diffprune.seeding import generator_seed
+
 # Noise is drawn in this many fixed chunks, each from its own seeded generator, so a sample
 # depends only on (seed, step) and not on how many threads drew it.
 NOISE_CHUNKS = 8
 _EPS = 1e-6
-
-
-def chunk_seed(seed: int, step: int, chunk: int) -> int:
-    # A simple injective-enough mix; generators are independent streams per (seed, step, chunk).
-    return (int(seed) * 1_000_003 + int(step) * NOISE_CHUNKS + int(chunk)) % (2**63 - 1)
 
 
 def fill_uniform_(out: torch.Tensor, seed: int, step: int) -> torch.Tensor:
@@ -63,7 +60,7 @@ def draw_gate_sample_(out: torch.Tensor, alphas: list[tuple[int, torch.Tensor]],
     def draw(i: int) -> None:
         a, b = bounds[i]
         buffer = scratch.get()
-        g = torch.Generator(device=out.device).manual_seed(chunk_seed(seed, step, i))
+        g = torch.Generator(device=out.device).manual_seed(generator_seed(seed, step * NOISE_CHUNKS + i))
         u = buffer[: b - a].uniform_(generator=g)
         piece = max(0, bisect.bisect_right(starts, a) - 1)
         while piece < len(alphas) and alphas[piece][0] < b:
@@ -91,8 +88,8 @@ def logistic_s_(u: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     return u
 
 
-def stretch_(s: torch.Tensor, left: float, right: float) -> torch.Tensor:
-    """z = clamp(s * (r - l) + l, 0, 1); returns a new fp32 tensor (s may be 16-bit)."""
+def stretch(s: torch.Tensor, left: float, right: float) -> torch.Tensor:
+    """z = clamp(s * (r - l) + l, 0, 1) as a new fp32 tensor; ``s`` (which may be 16-bit) is left as it is."""
     return (s.float() * (right - left)).add_(left).clamp_(0.0, 1.0)
 
 

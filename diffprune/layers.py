@@ -10,13 +10,20 @@ the repeated blocks it keeps in a ``ModuleList`` / ``Sequential``, e.g. BERT's
 ``layer1 .. layer4``, MobileNet's ``features``) in depth order. ``layer_of`` reads a bare
 parameter name with the usual Hugging Face block naming; it is the fallback for a model with
 no block list and for callers that only have names.
+
+``is_head`` is the one test of "is this parameter part of the task head" (the methods, the
+statistics, the stored diff and its fingerprint all ask it), and ``layer_rank`` the one order
+of layer labels (the statistics, the baselines and the analysis's figures). The analysis runs
+without torch, so torch is imported only inside the functions that inspect a model.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 # Transformer blocks in the usual Hugging Face naming: encoder.layer.3, h.3, layers.3, blocks.3
 _BLOCK = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
@@ -26,9 +33,15 @@ _EMBED = re.compile(r"(?:^|\.)(?:embeddings|embed_tokens|wte|wpe|embed_positions
 _NORM_CLASS = re.compile(r"(?:LayerNorm|RMSNorm|LayerNormalization)$")
 
 
+def is_head(name: str, head_pattern: str | None) -> bool:
+    """A parameter of the task head (new per task, trained densely, never diffed): its name
+    matches ``head_pattern`` anywhere (``re.search``). None: no head is known, so nothing is."""
+    return head_pattern is not None and re.search(head_pattern, name) is not None
+
+
 def layer_of(name: str, head_pattern: str | None = None) -> str:
     """Layer label of a parameter name, from the name alone (see ``layer_labels``)."""
-    if head_pattern and re.search(head_pattern, name):
+    if is_head(name, head_pattern):
         return "head"
     match = _BLOCK.search(name)
     if match:
@@ -40,6 +53,8 @@ def layer_of(name: str, head_pattern: str | None = None) -> str:
 
 def is_layer_norm(module: nn.Module) -> bool:
     """A layer / RMS normalisation module (torch's or a library's own class)."""
+    from torch import nn
+
     torch_norms = (nn.LayerNorm,) + ((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ())
     return isinstance(module, torch_norms) or bool(_NORM_CLASS.search(type(module).__name__))
 
@@ -56,6 +71,8 @@ def _is_block_list(container: nn.Module) -> bool:
     composite (not a bare Linear / Conv: a Sequential of those is an MLP, not a stack of
     blocks), and there are at least two of them, or a ModuleList of one (a 1-block model).
     """
+    from torch import nn
+
     if not isinstance(container, (nn.ModuleList, nn.Sequential)):
         return False
     children = [child for child in container.children() if _holds_parameters(child)]
@@ -81,13 +98,12 @@ def block_prefixes(model: nn.Module, head_pattern: str | None = None) -> list[st
     lists (an encoder's and a decoder's, ResNet's four stages) are numbered on in model order.
     Nothing inside the task head counts.
     """
-    head = re.compile(head_pattern) if head_pattern else None
     claimed: list[str] = []
     blocks: list[str] = []
     for name, module in model.named_modules():
         if any(_under(name, prefix) for prefix in claimed) or not _is_block_list(module):
             continue
-        if head is not None and any(head.search(f"{name}.{p}" if name else p) for p, _ in module.named_parameters()):
+        if any(is_head(f"{name}.{p}" if name else p, head_pattern) for p, _ in module.named_parameters()):
             continue
         claimed.append(name)
         blocks += [f"{name}.{child}" if name else child
@@ -102,12 +118,11 @@ def layer_labels(model: nn.Module, head_pattern: str | None = None) -> dict[str,
     index = {prefix: i for i, prefix in enumerate(block_prefixes(model, head_pattern))}
     if not index:
         return {name: layer_of(name, head_pattern) for name in names}
-    head = re.compile(head_pattern) if head_pattern else None
     labels = {}
     for name in names:
         parts = name.split(".")
         block = next((index[p] for p in (".".join(parts[:k]) for k in range(1, len(parts))) if p in index), None)
-        if head is not None and head.search(name):
+        if is_head(name, head_pattern):
             labels[name] = "head"
         elif block is not None:
             labels[name] = f"layer_{block}"
@@ -118,13 +133,21 @@ def layer_labels(model: nn.Module, head_pattern: str | None = None) -> dict[str,
     return labels
 
 
+def layer_rank(label: str) -> tuple:
+    """Sort key of a layer label: embeddings first, blocks in depth order (layer_2 before
+    layer_10), then any other label alphabetically, head last."""
+    if label == "embeddings":
+        return (0, 0, "")
+    if label.startswith("layer_") and label[len("layer_"):].isdigit():
+        return (1, int(label[len("layer_"):]), "")
+    if label == "head":
+        return (3, 0, "")
+    return (2, 0, label)
+
+
 def layer_order(labels) -> list[str]:
-    """Embeddings first, blocks in depth order, then anything else, head last."""
-    labels = set(labels)
-    blocks = sorted((l for l in labels if l.startswith("layer_")), key=lambda l: int(l.split("_")[1]))
-    ordered = (["embeddings"] if "embeddings" in labels else []) + blocks
-    ordered += sorted(labels - set(ordered) - {"head"})
-    return ordered + (["head"] if "head" in labels else [])
+    """The distinct ``labels`` in ``layer_rank`` order."""
+    return sorted(set(labels), key=layer_rank)
 
 
 def num_blocks(names) -> int:

@@ -15,7 +15,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
-from diffprune.config import check_rate
+from diffprune.diff_pruning_config import check_rate
 from diffprune.methods import Method
 from diffprune.reparam import ReparametrizedModel, Slot
 

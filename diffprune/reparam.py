@@ -27,13 +27,14 @@ stored with the diff.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+
+from diffprune.layers import is_head
 
 
 @dataclass
@@ -150,12 +151,11 @@ class ReparametrizedModel(nn.Module):
         self.model = model
         head_pattern = head_pattern_of(model, head_pattern)
         self.head_pattern = head_pattern
-        head = re.compile(head_pattern)
         self.slots: list[Slot] = []
         self.head_names: list[str] = []
         offset = 0
         for name, aliases, p, owners in unique_parameters(model):
-            if head.search(name):
+            if is_head(name, head_pattern):
                 self.head_names.append(name)  # trained densely, not diffed
                 continue
             if not p.is_floating_point():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diffprune.config import check_rate
+from diffprune.diff_pruning_config import check_rate
 
 
 def _method_class_of(cfg: dict, key: str):
@@ -111,8 +111,19 @@ def rates_for(cfg: dict, key: str, task: str | None = None) -> list[float]:
 
 
 def rate_label(rate: float | str) -> str:
-    """How a rate appears in run directory names: as in the config (0.5 -> "0.5", 1 -> "1.0")."""
-    return str(float(rate))
+    """A sparsity rate (percent) wherever it is shown: tables, figures, the claims, run
+    directories (``rate_folder``) and messages. The number as the config writes it, without a
+    trailing ".0": 0.5 -> "0.5", 1.0 -> "1", 0.25 -> "0.25", 1e-05 -> "1e-05"."""
+    text = repr(float(rate))  # the shortest text that reads back as the same float
+    return text[:-2] if text.endswith(".0") else text
+
+
+def rate_folder(rate: float | str) -> str:
+    """``rate<label>``: a prune run's directory under its method key. Whole-number rates keep
+    the ".0" (rate1.0, not rate1) that run directories have always had: without it Snakemake
+    and the analysis would not find finished runs, and would train them again."""
+    label = rate_label(rate)
+    return f"rate{label}.0" if label.isdigit() else f"rate{label}"
 
 
 def projected_keys(cfg: dict) -> list[str]:
@@ -141,7 +152,7 @@ def relative_run_dir(task: str, key: str, seed: int, rate: float | None = None) 
     """``<task>/<key>/[rate<R>/]seed<S>``: a run's place under ``results/<name>/runs``."""
     path = Path(task) / key
     if rate is not None:
-        path = path / f"rate{rate_label(rate)}"
+        path = path / rate_folder(rate)
     return path / f"seed{int(seed)}"
 
 

@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from diffprune.rungraph import rate_label
+
 PAPER_TASK_COUNT = 9
 
 
@@ -181,7 +183,7 @@ def measure(config_path, runs, method_key=None, rate=None, seed=None, rounds: in
 
 
 def format_summary(result: dict) -> str:
-    lines = [f"{result['model_id']}, {result['method_key']} at {result['rate']}%, seed {result['seed']}: "
+    lines = [f"{result['model_id']}, {result['method_key']} at {rate_label(result['rate'])}%, seed {result['seed']}: "
              f"{len(result['tasks'])} tasks ({', '.join(result['tasks'])}), every switch bit-exact"]
     for task, entry in result["per_task"].items():
         lines.append(f"  {task}: k = {entry['nonzeros']:,}, file {entry['file_bytes']:,} B, resident "

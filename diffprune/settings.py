@@ -35,7 +35,7 @@ from diffprune.config_schema import ConfigError
 # The run graph lives in diffprune.rungraph; these names stay importable from here.
 from diffprune.rungraph import (  # noqa: F401
     check_provider_runs, expand_runs, is_projected, method_tasks, needed_key, needs_dense_diff,
-    projected_keys, rate_label, rates, rates_for, relative_run_dir, reused_key, run_dir, seeds_for,
+    projected_keys, rate_folder, rate_label, rates, rates_for, relative_run_dir, reused_key, run_dir, seeds_for,
     source_key, trains,
 )
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch import nn
 
 from diffprune import packed
 from diffprune.atomic import write_with
+from diffprune.layers import is_head
 from diffprune.safetensors_file import safetensors_problem
 from diffprune.reparam import unique_parameters
 
@@ -71,9 +71,8 @@ def payload_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def _diffed_tensors(model: nn.Module, head_pattern: str) -> list[tuple[str, list[str], torch.Tensor]]:
-    head = re.compile(head_pattern)
     return [(name, aliases, p) for name, aliases, p, _ in unique_parameters(model)
-            if not head.search(name) and p.is_floating_point()]
+            if not is_head(name, head_pattern) and p.is_floating_point()]
 
 
 def fingerprint(model: nn.Module, head_pattern: str | None = None) -> str:

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from diffprune.config import DiffPruningConfig
+from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 
 

@@ -1,12 +1,14 @@
 """Layer labels (diffprune/layers.py): from the model's own block list, the name regex as fallback."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
 from torch import nn
 
-from diffprune.layers import block_prefixes, is_layer_norm, layer_labels, layer_of, layer_order
+from diffprune.layers import block_prefixes, is_head, is_layer_norm, layer_labels, layer_of, layer_order, layer_rank
 
 
 class Block(nn.Module):
@@ -103,6 +105,31 @@ def test_transformers_block_lists(tiny_bert):
     assert block_prefixes(llama, r"^score\.") == ["model.layers.0", "model.layers.1"]
     assert layer_order(set(layer_labels(llama, r"^score\.").values())) == [
         "embeddings", "layer_0", "layer_1", "other", "head"]
+
+
+def test_the_head_is_what_the_pattern_finds_anywhere_in_a_name():
+    assert is_head("classifier.weight", r"^classifier\.")
+    assert is_head("model.score.weight", r"(^|\.)score\.")  # found anywhere, not only at the start
+    assert not is_head("bert.classifier_norm.weight", r"(^|\.)classifier\.")
+    assert not is_head("classifier.weight", None)  # no head known: nothing is the head
+    # the anchored exact-names pattern the loader's head becomes (models.head_pattern_for)
+    assert is_head("qa_outputs.bias", r"^(?:qa_outputs\.bias|qa_outputs\.weight)$")
+    assert not is_head("qa_outputs.bias_extra", r"^(?:qa_outputs\.bias|qa_outputs\.weight)$")
+
+
+def test_layer_order_embeddings_blocks_by_depth_others_head_last():
+    labels = ["head", "layer_10", "pooler", "layer_2", "other", "embeddings", "layer_2"]
+    assert layer_order(labels) == ["embeddings", "layer_2", "layer_10", "other", "pooler", "head"]
+    assert sorted(set(labels), key=layer_rank) == layer_order(labels)
+    # a label that only looks like a block sorts with the other labels
+    assert layer_order(["layer_norm", "layer_1", "head"]) == ["layer_1", "layer_norm", "head"]
+
+
+def test_import_loads_no_torch():
+    # The analysis (summary.csv -> figures) orders layers with layer_rank and runs without torch.
+    code = "import sys, diffprune.layers, analysis.figures; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_without_a_block_list_the_name_regex_decides():

@@ -249,7 +249,7 @@ def handled_as_head(model, head_pattern, expected_head):
     """The head trains densely and is neither diffed, penalised, counted in d nor frozen."""
     from baselines.common import head_parameter_names
     from baselines.full_finetuning import FullFinetuning
-    from diffprune.config import DiffPruningConfig
+    from diffprune.diff_pruning_config import DiffPruningConfig
     from diffprune.diff import DiffPrunedModel
 
     params = dict(model.named_parameters())

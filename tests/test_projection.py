@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from diffprune.config import DiffPruningConfig
+from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.projection import (FixedMaskFinetuning, FixedMaskModel, kept_count, project, share_count,
                                   top_k_positions)

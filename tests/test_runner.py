@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from diffprune import runner
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 from diffprune.atomic import publish_dir, write_json
 from diffprune.storage import BaseModelMismatch, DiffFileError, TaskMismatch, read_header
 

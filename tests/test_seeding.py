@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from diffprune.adaptive import AdaptiveDiffPruning
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 from diffprune.models import build_tiny_random_model
-from diffprune.seeding import STREAMS, derive_seeds, stream_seed
+from diffprune.seeding import (BATCH_ORDER_OFFSET, GROUP_NOISE_STRIDE, STREAMS, derive_seeds, generator_seed,
+                                stream_seed)
 from diffprune.tasks import get_task
 
 
@@ -31,6 +32,52 @@ def test_streams_differ_across_streams_and_run_seeds_and_repeat():
 def test_a_run_seed_is_a_non_negative_integer(bad):
     with pytest.raises(ValueError, match="run seed"):
         derive_seeds(bad)
+
+
+# The four generator layouts as they were written out before generator_seed existed, with
+# the constants as literals: (stream seed, step or epoch, chunk) -> the seed of one torch
+# generator, old and new. Gate noise counts steps from -1 (the fixed evaluation / export
+# sample), the data order epochs from 0.
+OLD_LAYOUTS = {
+    "gate noise chunk (gates.py)": (-1, lambda seed, step, chunk: (seed * 1_000_003 + step * 8 + chunk) % (2**63 - 1),
+                                    lambda seed, step, chunk: generator_seed(seed, step * 8 + chunk)),
+    "group gate noise (diff.py)": (-1, lambda seed, step, _: seed * 7919 + step + 1,
+                                   lambda seed, step, _: generator_seed(seed, step + 1, stride=GROUP_NOISE_STRIDE)),
+    "epoch order (runner.py)": (0, lambda seed, epoch, _: seed * 1_000_003 + epoch,
+                                lambda seed, epoch, _: generator_seed(seed, epoch)),
+    "batch order (runner.py)": (0, lambda seed, epoch, _: seed * 1_000_003 + epoch + 7_919,
+                                lambda seed, epoch, _: generator_seed(seed, epoch + BATCH_ORDER_OFFSET)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(OLD_LAYOUTS))
+def test_generator_seed_gives_every_generator_the_seed_it_always_had(layout):
+    first, old, new = OLD_LAYOUTS[layout]
+    # stream seeds a run derives are 31-bit; a gate noise seed is also mask_seed + 1
+    for seed in (0, 1, 7, 12_345, 2**31 - 1, 2**31):
+        for counter in (first, first + 1, 5, 10_000, 3_000_000):
+            for chunk in (0, 7):
+                assert new(seed, counter, chunk) == old(seed, counter, chunk), (seed, counter, chunk)
+
+
+def test_generator_seeds_draw_the_streams_they_always_drew():
+    # Drawn with the old literal seeds: an epoch's example order (seed 3, epoch 1), its
+    # group_by_length batch order, and structured diff pruning's group noise (seed 4, step 6).
+    def generator(seed):
+        return torch.Generator().manual_seed(seed)
+
+    assert torch.randperm(10, generator=generator(generator_seed(3, 1))).tolist() == [1, 9, 5, 6, 4, 3, 8, 0, 2, 7]
+    assert torch.randperm(10, generator=generator(generator_seed(3, 1 + BATCH_ORDER_OFFSET))).tolist() == [
+        5, 9, 2, 0, 7, 6, 3, 1, 8, 4]
+    assert torch.rand(4, generator=generator(generator_seed(4, 6 + 1, stride=GROUP_NOISE_STRIDE))).tolist() == [
+        0.18980252742767334, 0.26047301292419434, 0.8369465470314026, 0.43565601110458374]
+
+
+def test_generator_seed_is_a_valid_torch_seed_for_any_integer():
+    for seed, counter in ((0, -8), (-5, 0), (2**70, 3)):
+        value = generator_seed(seed, counter)
+        assert 0 <= value < 2**63 - 1
+        torch.Generator().manual_seed(value)
 
 
 def _gate_sample_at_step(run_seed: int, step: int, **options) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from baselines.adapters import HoulsbyAdapters, _reduction_factor
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 # one adapter: down 16x4 + 4, up 4x16 + 16; two per block, two blocks
 ADAPTERS = 2 * 2 * ((16 * 4 + 4) + (4 * 16 + 16))

@@ -2,7 +2,7 @@ import pytest
 from safetensors.torch import load_file
 
 from baselines.bitfit import BitFit
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 
 def test_trains_biases_and_head(tiny_bert, tiny_batch, check_trains_exactly):

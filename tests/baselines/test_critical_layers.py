@@ -4,7 +4,7 @@ import pytest
 from safetensors.torch import load_file
 
 from baselines.critical_layers import CriticalLayers
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 from diffprune.registry import build_method
 
 

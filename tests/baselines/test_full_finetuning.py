@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from baselines.full_finetuning import FullFinetuning
 from baselines.nonadaptive import NonAdaptiveDiffPruning
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 
 def test_everything_trains(tiny_bert, tiny_batch, check_trains_exactly, counts):

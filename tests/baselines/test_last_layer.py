@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from baselines.last_layer import LastLayer
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 
 def _names(model, *prefixes):

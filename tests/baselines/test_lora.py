@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from baselines.lora import LoRA
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 # rank 2 on query and value of both blocks: A 2x16 + B 16x2 each
 LORA = 2 * 2 * (2 * 16 + 16 * 2)

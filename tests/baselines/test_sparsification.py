@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from baselines.sparsification import Sparsification, ZeroingMask, apply_zeroed_positions
-from diffprune.config import DEFAULT_HEAD_PATTERN
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 # zero_share 0.1 on every block's linear weights: q, k, v, o (256 entries -> 26 zeros each),
 # intermediate and output (512 -> 51 each); two blocks

@@ -30,7 +30,7 @@ def pristine(tmp_path_factory):
     global PRISTINE
     root = tmp_path_factory.mktemp("pristine")
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
-    for folder in ("workflow", "config"):
+    for folder in ("workflow", "config", ".test/config", ".test/data"):
         shutil.copytree(REPO / folder, root / folder)
     PRISTINE = root
     yield root
@@ -82,6 +82,14 @@ def test_config_plans_with_expected_job_counts(config_file):
 
 def test_default_config_is_used_without_configfile():
     assert plan() == expected_counts("config/config.yaml")
+
+
+def test_the_test_run_set_plans_in_its_own_directory():
+    """`snakemake --directory .test` (the README's quick check; tests/workflow/test_end_to_end.py
+    runs it): .test's config is the default there and its data folders are found."""
+    config_file = ".test/config/config.yaml"
+    assert plan("--directory", ".test") == expected_counts(config_file)
+    assert settings.load_config(REPO / config_file)["data"] == {"glue_dir": "data/glue", "squad_dir": "data/squad"}
 
 
 def test_default_and_reference_plans_by_the_numbers():

@@ -1,8 +1,9 @@
 """The whole DAG on a tiny random BERT and a few rows of data, as `snakemake` runs it.
 
-One workflow run in a scratch copy of the workflow (so nothing lands in this checkout's
-resources/ or results/): every method, GLUE RTE + STS-B + SQuAD fixtures written here, two
-rates, one epoch. Along the way:
+One workflow run of the repository's .test/ run set (its config/config.yaml: every method,
+GLUE RTE + STS-B + SQuAD from its data/, two rates, one epoch), with the command the README
+gives, `snakemake --directory .test`, in a scratch copy of the workflow and of .test/ (so
+nothing lands in this checkout). Along the way:
   - the run is killed with SIGKILL (Snakemake and its jobs, as in a power cut) once a few
     runs are finished; the next plan re-runs exactly the unfinished ones;
   - the finished workflow leaves summary.csv, every table and figure and README.md;
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -30,92 +30,35 @@ from workflow_helpers import REPO, SNAKEMAKE, job_counts, run_snakemake, snakema
 
 pytestmark = pytest.mark.slow
 
-WORDS = "the a cat dog sat on mat big small red blue house tree runs walks near far".split()
-METHODS = {
-    "full_finetuning": {"method": "full_finetuning"},
-    "last_layer": {"method": "last_layer"},
-    "adapters_4": {"method": "adapters", "bottleneck": 4},
-    "diff_pruning": {"method": "diff_pruning"},
-    "structured_diff_pruning": {"method": "diff_pruning", "structured": True},
-    "nonadaptive_diff_pruning": {"method": "nonadaptive_diff_pruning"},
-    "bitfit": {"method": "bitfit"},
-    "lora": {"method": "lora", "rank": 2},
-    "critical_layers": {"method": "critical_layers", "num_layers": 1},  # ranked by full_finetuning
-    "sparsification": {"method": "sparsification"},
-}
-
-
-def sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def write_glue(root: Path, rng: random.Random) -> None:
-    rte, stsb = root / "RTE", root / "STS-B"
-    rte.mkdir(parents=True)
-    stsb.mkdir(parents=True)
-    for split, count in (("train", 24), ("dev", 12)):
-        rows = ["index\tsentence1\tsentence2\tlabel"]
-        rows += [f"{i}\t{sentence(rng, 6)}\t{sentence(rng, 4)}\t{rng.choice(['entailment', 'not_entailment'])}"
-                 for i in range(count)]
-        (rte / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-        rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
-        rows += [f"{i}\tmain\tx\t2012\t{i}\tnone\tnone\t{sentence(rng, 5)}\t{sentence(rng, 5)}\t{rng.uniform(0, 5):.2f}"
-                 for i in range(count)]
-        (stsb / f"{split}.tsv").write_text("\n".join(rows) + "\n")
-
-
-def write_squad(root: Path, rng: random.Random) -> None:
-    root.mkdir(parents=True)
-    for split, count in (("train", 16), ("dev", 8)):
-        paragraphs = []
-        for i in range(count):
-            context = sentence(rng, 8)
-            words = context.split()
-            k = rng.randrange(len(words))
-            start = len(" ".join(words[:k])) + (1 if k else 0)
-            paragraphs.append({"context": context, "qas": [{
-                "id": f"{split}{i}", "question": f"where {sentence(rng, 2)}",
-                "answers": [{"text": words[k], "answer_start": start}]}]})
-        data = {"version": "1.1", "data": [{"title": f"t{split}", "paragraphs": paragraphs}]}
-        (root / f"{split}-v1.1.json").write_text(json.dumps(data))
+# The .test run set inside the scratch copy, and its config file (steps 4 to 7 edit it).
+TEST_DIR = ".test"
+CONFIG = "config/config.yaml"
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
-    """A scratch copy of the workflow with tiny data and a config running every method."""
+    """A scratch copy of the workflow and of .test/'s config and data."""
     root = tmp_path_factory.mktemp("e2e")
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
     shutil.copytree(REPO / "workflow", root / "workflow")
-    rng = random.Random(0)
-    write_glue(root / "data" / "glue", rng)
-    write_squad(root / "data" / "squad", rng)
-    config = {
-        "name": "e2e",
-        "model": "tiny-random",
-        "tasks": ["rte", "stsb", "squad"],
-        "rates": [0.5, 1.0],
-        "seeds": [0],
-        "training": {"batch_size": 8, "eval_batch_size": 32, "epochs": 1, "learning_rate": 1e-3,
-                     "max_seq_length": 48, "fixed_mask_epochs": 1, "fixed_mask_learning_rate": 1e-3},
-        "task_training": {"squad": {"max_seq_length": 96, "doc_stride": 32}},
-        "methods": METHODS,
-        "data": {"glue_dir": str(root / "data" / "glue"), "squad_dir": str(root / "data" / "squad")},
-    }
-    (root / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for part in ("config", "data"):  # not the results of a .test run made in this checkout
+        shutil.copytree(REPO / TEST_DIR / part, root / TEST_DIR / part)
     return root
 
 
 def snakemake_args(*extra: str) -> list[str]:
-    return ["--cores", "2", "--configfile", "e2e.yaml",
-            "--workflow-profile", "workflow/profiles/default", *extra]
+    return ["--directory", TEST_DIR, "--cores", "2", "--workflow-profile", "workflow/profiles/default", *extra]
 
 
-def finished_runs(root: Path) -> set[str]:
-    return {str(p.parent.relative_to(root)) for p in (root / "results/e2e/runs").glob("**/metrics.json")}
+def finished_runs(test_dir: Path, name: str) -> set[str]:
+    """Run directories holding a metrics.json, relative to the working directory (.test)."""
+    return {str(p.parent.relative_to(test_dir)) for p in (test_dir / "results" / name / "runs").glob("**/metrics.json")}
 
 
 def test_workflow_end_to_end(workdir):
-    cfg = settings.load_config(workdir / "e2e.yaml")
+    test_dir = workdir / TEST_DIR
+    config_file = test_dir / CONFIG
+    cfg = settings.load_config(config_file)
     expected_runs = settings.expand_runs(cfg)
     env = snakemake_env()
 
@@ -124,12 +67,12 @@ def test_workflow_end_to_end(workdir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
     try:
-        while len(finished_runs(workdir)) < 4 and proc.poll() is None and time.monotonic() < deadline:
+        while len(finished_runs(test_dir, cfg["name"])) < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.5)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    done = finished_runs(workdir)
+    done = finished_runs(test_dir, cfg["name"])
     assert 4 <= len(done) < len(expected_runs)
 
     # A crashed Snakemake leaves its lock behind; --unlock is the documented first step.
@@ -143,9 +86,9 @@ def test_workflow_end_to_end(workdir):
 
     # --- 2. finish the workflow ----------------------------------------------------------
     run_snakemake(*snakemake_args(), cwd=workdir, env=env, timeout=1200)
-    results = workdir / "results/e2e"
-    assert finished_runs(workdir) == {str(settings.run_dir("results", cfg, r["task"], r["key"], r["seed"], r["rate"]))
-                                     for r in expected_runs}
+    results = test_dir / "results" / cfg["name"]
+    assert finished_runs(test_dir, cfg["name"]) == {
+        str(settings.run_dir("results", cfg, r["task"], r["key"], r["seed"], r["rate"])) for r in expected_runs}
     summary_rows = (results / "summary.csv").read_text().strip().splitlines()[1:]
     assert len(summary_rows) == len(expected_runs)
     assert (results / "layers.csv").stat().st_size > 0
@@ -156,14 +99,14 @@ def test_workflow_end_to_end(workdir):
 
     # non-adaptive diff pruning started from the full-finetuning run of the same task and seed
     nonadaptive = json.loads((results / "runs/rte/nonadaptive_diff_pruning/rate0.5/seed0/metrics.json").read_text())
-    assert nonadaptive["config"]["source_dir"] == "results/e2e/runs/rte/full_finetuning/seed0"
+    assert nonadaptive["config"]["source_dir"] == f"results/{cfg['name']}/runs/rte/full_finetuning/seed0"
     assert not (results / "runs/rte/nonadaptive_diff_pruning/seed0").exists()
 
     # the data rules linked the local copies and recorded them
-    manifest = json.loads((workdir / "resources/glue/RTE/manifest.json").read_text())
+    manifest = json.loads((test_dir / "resources/glue/RTE/manifest.json").read_text())
     assert manifest["source"] == "local" and set(manifest["files"]) == {"train.tsv", "dev.tsv"}
-    assert (workdir / "resources/glue/RTE/train.tsv").is_symlink()
-    assert json.loads((workdir / "resources/squad/manifest.json").read_text())["source"] == "local"
+    assert (test_dir / "resources/glue/RTE/train.tsv").is_symlink()
+    assert json.loads((test_dir / "resources/squad/manifest.json").read_text())["source"] == "local"
 
     # --- 3. nothing is redone --------------------------------------------------------------
     stamps = {p: p.stat().st_mtime_ns for p in results.glob("runs/*/*/**/metrics.json")}
@@ -172,25 +115,26 @@ def test_workflow_end_to_end(workdir):
     assert stamps == {p: p.stat().st_mtime_ns for p in results.glob("runs/*/*/**/metrics.json")}
 
     # --- 4. editing one method's settings re-runs only that method's runs -----------------
-    config = yaml.safe_load((workdir / "e2e.yaml").read_text())
+    config = yaml.safe_load(config_file.read_text())
     config["methods"]["lora"]["rank"] = 3
-    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     plan = job_counts(run_snakemake(*snakemake_args("-n"), cwd=workdir, env=env).stdout)
     assert plan == {"train": len(cfg["tasks"]), "collect": 1, "tables": 1, "figures": 1, "readme": 1, "all": 1}
     config["methods"]["lora"]["rank"] = 2  # back to what ran
-    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
     # --- 5. the HTML report carries the figures and the tables ---------------------------
-    run_snakemake("--configfile", "e2e.yaml", "--report", "report.html", cwd=workdir, env=env)
-    report = (workdir / "report.html").read_text(errors="replace")
+    run_snakemake("--directory", TEST_DIR, "--report", "report.html", cwd=workdir, env=env)
+    report = (test_dir / "report.html").read_text(errors="replace")  # relative to the working directory
     assert "figure1_left_average_vs_rate" in report and "table1_main" in report
 
     # --- 6. another copy of the data re-runs exactly the runs whose data changed ------------
     # (it used to run only the data job, print "100% done" and keep every old run)
-    copy = workdir / "data" / "glue-copy"
-    shutil.copytree(workdir / "data" / "glue", copy)
+    original_glue_dir = config["data"]["glue_dir"]  # relative to the working directory
+    copy = test_dir / "data" / "glue-copy"
+    shutil.copytree(test_dir / original_glue_dir, copy)
     config["data"]["glue_dir"] = str(copy)
-    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     plan = job_counts(run_snakemake(*snakemake_args("-n"), cwd=workdir, env=env).stdout)
     assert "train" not in plan and "prune" not in plan  # same files elsewhere: nothing to redo
     train_tsv = copy / "RTE" / "train.tsv"
@@ -200,12 +144,12 @@ def test_workflow_end_to_end(workdir):
     assert plan.get("train") == sum(r["phase"] == "train" for r in rte_runs)
     assert plan.get("prune") == sum(r["phase"] == "prune" for r in rte_runs)
     runs_data_hash = json.loads((results / "runs/rte/full_finetuning/seed0/metrics.json").read_text())["data_hash"]
-    assert runs_data_hash == datahash.task_data_hash("rte", {"glue_dir": str(workdir / "data" / "glue")})
+    assert runs_data_hash == datahash.task_data_hash("rte", {"glue_dir": str(test_dir / original_glue_dir)})
 
     # --- 7. a method dropped from the config leaves the tables ----------------------------
-    config["data"]["glue_dir"] = str(workdir / "data" / "glue")
+    config["data"]["glue_dir"] = original_glue_dir
     del config["methods"]["bitfit"]
-    (workdir / "e2e.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
     done = run_snakemake(*snakemake_args(), cwd=workdir, env=env)
     assert "rule train" not in done.stdout + done.stderr and "rule prune" not in done.stdout + done.stderr
     summary = (results / "summary.csv").read_text()

@@ -3,6 +3,10 @@
 # workflow/schemas/config.schema.yaml (by diffprune.settings, as the runner does, and by
 # snakemake.utils.validate); everything about *which* runs exist comes from
 # diffprune.rungraph, so the workflow and the runner can never disagree about a run.
+#
+# Functions that Snakemake calls per job as input or params functions are named get_* (the
+# snakemake-workflows convention). Every function lives in this file: `snakemake --lint`
+# wants none in the other rule files.
 
 import json
 import os
@@ -24,8 +28,9 @@ from diffprune.tasks import GLUE_SPECS  # noqa: E402
 # Jobs run with the interpreter running Snakemake: `python` on PATH may be another one
 # (`make reproduce` calls .venv/bin/snakemake without activating the venv). Under
 # `--software-deployment-method conda` the job's activated environment provides `python`.
-# Either way the jobs run from the repository root, so `-m diffprune` / `-m analysis` import
-# this checkout's code.
+# Either way the jobs run in the working directory: from the repository root, `-m diffprune` /
+# `-m analysis` import this checkout's code; under `--directory .test` they import the
+# installed package (`make venv` installs this checkout, editable).
 PYTHON = (
     "python"
     if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
@@ -135,7 +140,7 @@ def _recorded_data_hash(run_dir: str):
         return _NOT_RECORDED
 
 
-def run_data_input(wildcards):
+def get_run_data_input(wildcards):
     """A run's data manifest, as an input.
 
     Ancient (its rewrite does not re-run the run) unless the finished run recorded a data hash
@@ -162,7 +167,7 @@ _DATA_FAMILIES = {"glue_dir": ("GLUE_DIR", "glue"), "squad_dir": ("SQUAD_DIR", "
 FEATURE_CACHE = "resources/features"
 
 
-def data_env(wildcards, output) -> str:
+def get_data_env(wildcards, output) -> str:
     """The job's data variables (a function of ``output``: untracked, see ``untracked``)."""
     key = settings.data_key(wildcards.task)
     env, family = _DATA_FAMILIES[key]
@@ -222,18 +227,18 @@ def run_priority(wildcards) -> int:
     return int(examples * tokens * epochs * gates // 10_000)
 
 
-def source_run(wildcards) -> str:
+def get_source_run(wildcards) -> str:
     """The train run a prune run starts from: its own L0 phase, or the reused run."""
     return run_path(wildcards.task, rungraph.source_key(CFG, wildcards.key), wildcards.seed)
 
 
-def needed_run(wildcards) -> list[str]:
+def get_needed_run(wildcards) -> list[str]:
     """The finished run a train run reads first (critical_layers: full finetuning), if any."""
     needed = rungraph.needed_key(CFG, wildcards.key)
     return [run_path(wildcards.task, needed, wildcards.seed)] if needed else []
 
 
-def needed_run_flag(wildcards, input) -> str:
+def get_needed_run_flag(wildcards, input) -> str:
     """`--from DIR` for a train run that reads another run (a function of input: untracked)."""
     return f"--from {shlex.quote(input.needed[0])}" if input.needed else ""
 

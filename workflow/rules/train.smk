@@ -6,7 +6,7 @@
 #          start from the full-finetuning run of the same task and seed (Method.reuses).
 #
 # A run's settings (a rule parameter) include the content hash of its task's data, so a data
-# copy whose files differ re-runs exactly the runs of that task (see run_data_input).
+# copy whose files differ re-runs exactly the runs of that task (see get_run_data_input).
 #
 # Each job's output is its run directory, which the runner writes as DIR.tmp and renames
 # when complete: a directory that exists is finished, so an interrupted workflow re-runs
@@ -18,15 +18,15 @@
 
 rule train:
     input:
-        data=run_data_input,
-        needed=needed_run,
+        data=get_run_data_input,
+        needed=get_needed_run,
     output:
         run=directory(TRAIN_RUN),
     params:
-        needed=needed_run_flag,
+        needed=get_needed_run_flag,
         python=untracked(PYTHON),
         config=untracked(CONFIG_FILE),
-        data_env=data_env,
+        data_env=get_data_env,
         settings=lambda wildcards: run_settings(wildcards.task, wildcards.key, "train"),
     wildcard_constraints:
         key=_alternatives(TRAIN_KEYS),
@@ -47,14 +47,14 @@ rule train:
 
 rule prune:
     input:
-        source=source_run,
-        data=run_data_input,
+        source=get_source_run,
+        data=get_run_data_input,
     output:
         run=directory(PRUNE_RUN),
     params:
         python=untracked(PYTHON),
         config=untracked(CONFIG_FILE),
-        data_env=data_env,
+        data_env=get_data_env,
         settings=lambda wildcards: run_settings(wildcards.task, wildcards.key, "prune"),
     wildcard_constraints:
         key=_alternatives(PROJECTED_KEYS),
