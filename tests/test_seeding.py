@@ -5,9 +5,9 @@ import torch
 
 from diffprune.adaptive import AdaptiveDiffPruning
 from diffprune.config import DEFAULT_HEAD_PATTERN
-from diffprune.models import build_tiny_random_model
 from diffprune.seeding import STREAMS, derive_seeds, stream_seed
 from diffprune.tasks import get_task
+from diffprune.tiny_models import build_tiny_random_model
 
 
 def test_each_stream_is_its_own_seed_sequence_child():
