@@ -25,7 +25,7 @@ def steps_in_backward_allowed(training: dict, device: torch.device) -> bool:
     global-norm clipping (it needs the norm of every gradient before the first update), nor
     gradient accumulation (several backwards per update), nor an fp16 loss scaler (it skips a
     step after seeing every gradient). A setting not given counts as its default."""
-    from diffprune.runner import resolve_precision
+    from diffprune.device import resolve_precision
     from diffprune.settings import TRAINING_DEFAULTS
 
     def setting(key):
