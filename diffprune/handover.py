@@ -2,7 +2,7 @@
 
 A projected method key (adaptive diff pruning, or non-adaptive diff pruning on the runs of
 full finetuning) projects the dense diff of a finished train run to each sparsity rate. That
-train run writes the diff after training: delta per diffed tensor, the task head with
+train run writes the diff once, after training: delta per diffed tensor, the task head with
 the floating buffers training changed, and a header naming the run and the base model's
 fingerprint, so that a prune run refuses a diff trained on another base.
 """
@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 DENSE_DIFF_NAME = "dense_diff.safetensors"
+DENSE_DIFF_KIND = "dense_diff"  # its kind in what a method exports ({kind: file name})
 
 
 def float_buffers(model) -> dict:

@@ -33,7 +33,8 @@ from diffprune.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LEGACY_CHE
                                   restore_training, rng_states, save_checkpoint, trainable_state)
 from diffprune.device import device_label, peak_memory_bytes, pick_device, resolve_precision, set_thread_count
 from diffprune.evaluation import evaluate_module, load_task_and_model
-from diffprune.handover import float_buffers, head_state, read_dense_diff_into, write_dense_diff
+from diffprune.handover import (DENSE_DIFF_KIND, DENSE_DIFF_NAME, float_buffers, head_state, read_dense_diff_into,
+                                write_dense_diff)
 from diffprune.job_timings import PhaseClock
 from diffprune.progress import log, progress_bar
 from diffprune.run_plan import RunPlan
@@ -225,14 +226,18 @@ def _write_run_files(plan: RunPlan, base: LoadedBase, method, module,
     """The method's files, stats.json and the dense diff, into ``plan.tmp_dir``; returns
     (what the method exported, its stats)."""
     tmp = plan.tmp_dir
-    exported = method.export(module, tmp) or {}
+    if plan.write_dense_diff and method.export_is_dense_diff:
+        # What the method would export is the dense diff written below: written once, by the
+        # hand-over, which names the base fingerprint and the run.
+        exported = {DENSE_DIFF_KIND: DENSE_DIFF_NAME}
+    else:
+        exported = method.export(module, tmp) or {}
     stats = method.stats(module) if hasattr(method, "stats") else None
     if stats is not None:
         write_json(tmp / "stats.json", json_safe(stats))
     if plan.write_dense_diff:
-        # The hand-over to the prune runs. Written after export, so it replaces a file of the
-        # same name a method may export itself: this one always names the base fingerprint
-        # and carries the changed floating buffers with the head.
+        # The hand-over to the prune runs: it names the base fingerprint (a prune run refuses a
+        # diff of another base) and carries the floating buffers training changed with the head.
         diff = method.dense_diff(module)
         if diff is None:
             raise TypeError(f"method {plan.method_name!r} returned no dense diff, but a projected method "

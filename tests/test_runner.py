@@ -265,12 +265,24 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
         run_plan.plan_evaluate(reference["out"] / DENSE_DIFF_NAME, reference["config"], "rte", tmp_path / "d.json")
 
 
-def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path):
+def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path, monkeypatch):
     """The paper's method: the L0 run hands its own dense diff to its prune runs."""
+    from diffprune import storage
+
+    written = []
+    save_dense_diff = storage.save_dense_diff
+    monkeypatch.setattr(storage, "save_dense_diff",
+                        lambda path, *args: written.append(Path(path)) or save_dense_diff(path, *args))
     source = tmp_path / "structured" / "seed0"
     l0 = runner.execute(run_plan.plan_train(reference["config"], "rte", "structured", 0, source, {"max_steps": 3}))
     assert l0["method"] == "diff_pruning" and l0["steps"] == 3
     assert (source / DENSE_DIFF_NAME).is_file() and (source / "stats.json").is_file()
+    # what the L0 phase stores is its hand-over, written once, naming the base it was trained on
+    assert written == [source.with_name("seed0.tmp") / DENSE_DIFF_NAME]
+    assert l0["exported"] == {"dense_diff": DENSE_DIFF_NAME}
+    assert l0["bytes_per_task"] == (source / DENSE_DIFF_NAME).stat().st_size
+    assert read_header(source / DENSE_DIFF_NAME, expected_format=storage.DENSE_FORMAT)["base_fingerprint"] == \
+        l0["base_fingerprint"]
     assert l0["diffed_params"] == reference["metrics"]["pretrained_params"] and l0["nonzeros"] > 0
     out = tmp_path / "structured" / "rate10.0" / "seed0"
     pruned = runner.execute(run_plan.plan_prune(reference["config"], "rte", "structured", 0, 10, source, out,
