@@ -25,7 +25,7 @@ def steps_in_backward_allowed(training: dict, device: torch.device) -> bool:
     global-norm clipping (it needs the norm of every gradient before the first update), nor
     gradient accumulation (several backwards per update), nor an fp16 loss scaler (it skips a
     step after seeing every gradient). A setting not given counts as its default."""
-    from diffprune.runner import resolve_precision
+    from diffprune.device import resolve_precision
     from diffprune.settings import TRAINING_DEFAULTS
 
     def setting(key):
@@ -38,6 +38,7 @@ def steps_in_backward_allowed(training: dict, device: torch.device) -> bool:
 class AdaptiveDiffPruning(Method):
     name = "diff_pruning"
     projected = True
+    export_is_dense_diff = True  # the L0 phase stores its dense diff: its prune runs' hand-over
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
@@ -125,12 +126,15 @@ class AdaptiveDiffPruning(Method):
         return stats
 
     def export(self, model: DiffPrunedModel, out_dir) -> dict[str, str]:
+        """The dense diff with the head, for projection outside a run (inside one, the runner
+        writes this file itself: ``export_is_dense_diff``)."""
+        from diffprune.handover import DENSE_DIFF_KIND, DENSE_DIFF_NAME
         from diffprune.storage import save_dense_diff
 
         # The head and the task buffers (e.g. BatchNorm statistics, updated by training) are
         # loaded whole into the base before projection, so the prune runs start from this model.
         head = {k: v.detach() for k, v in model.head_parameters().items()}
         head.update({k: v.detach() for k, v in model.task_buffers().items()})
-        save_dense_diff(Path(out_dir) / "dense_diff.safetensors", model.dense_diff(), head,
+        save_dense_diff(Path(out_dir) / DENSE_DIFF_NAME, model.dense_diff(), head,
                         {"method": self.name, "options": self.options})
-        return {"dense_diff": "dense_diff.safetensors"}
+        return {DENSE_DIFF_KIND: DENSE_DIFF_NAME}

@@ -26,9 +26,9 @@ import time
 import torch
 from torch import nn
 
+from diffprune.device import peak_memory_bytes, resolve_precision
 from diffprune.models import head_pattern_of, mark_new_parameters
 from diffprune.registry import build_method
-from diffprune.runner import peak_memory_bytes, resolve_precision
 from diffprune.settings import TRAINING_DEFAULTS
 from diffprune.training_step import steps_in_backward, training_step
 

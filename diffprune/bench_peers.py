@@ -19,8 +19,8 @@ import time
 
 import torch
 
+from diffprune.device import autocast_context
 from diffprune.registry import build_method
-from diffprune.runner import autocast_context
 from diffprune.training_step import training_step
 
 LORA = {"rank": 8, "lora_alpha": 8}

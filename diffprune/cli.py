@@ -25,7 +25,7 @@ import argparse
 import errno
 import sys
 
-from diffprune import runner, settings
+from diffprune import evaluation, run_plan, runner, settings
 from diffprune.lean_imports import hide_unused_packages_from_transformers
 
 USAGE_ERROR = 2
@@ -128,12 +128,12 @@ def run_sharing_verb(args: argparse.Namespace) -> int:
 def make_plan(args: argparse.Namespace):
     overrides = settings.parse_overrides(args.overrides)
     if args.verb == "train":
-        return runner.plan_train(args.config, args.task, args.method_key, args.seed, args.out, overrides,
-                                 needed_dir=args.needed)
+        return run_plan.plan_train(args.config, args.task, args.method_key, args.seed, args.out, overrides,
+                                   needed_dir=args.needed)
     if args.verb == "prune":
-        return runner.plan_prune(args.config, args.task, args.method_key, args.seed, args.rate,
-                                 args.source, args.out, overrides)
-    return runner.plan_evaluate(args.diff, args.config, args.task, args.out, args.model_key, overrides)
+        return run_plan.plan_prune(args.config, args.task, args.method_key, args.seed, args.rate,
+                                   args.source, args.out, overrides)
+    return run_plan.plan_evaluate(args.diff, args.config, args.task, args.out, args.model_key, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_ERROR
     try:
         if args.verb == "evaluate":
-            runner.execute_evaluate(plan)
+            evaluation.execute_evaluate(plan)
         else:
             runner.execute(plan)
     except OSError as error:

@@ -138,6 +138,11 @@ class Method:
     # the runner puts that run's directory into the option named ``run_option``.
     needs_run: ClassVar[str | None] = None
     run_option: ClassVar[str | None] = None
+    # ``export`` writes the dense diff (``handover.DENSE_DIFF_NAME``) and nothing else. A run
+    # that hands its dense diff to prune runs writes that file itself, with the base
+    # fingerprint and the run's identity in its header, and skips such an export rather than
+    # write the file twice.
+    export_is_dense_diff: ClassVar[bool] = False
 
     @classmethod
     def needs_run_for(cls, options: dict) -> bool:

@@ -7,11 +7,9 @@
 * ``hub``            — ``model_spec["hub_id"]`` through ``from_pretrained`` (needs the Hub
   or a warm cache);
 * ``path``           — ``model_spec["path"]``, a local Hugging Face model folder;
-* ``tiny-random``    — a 2-layer BERT with random weights and a character-level WordPiece
-  tokenizer, built in memory: for tests and smoke runs, identical on every call;
-* ``tiny-random-llama`` — the same for a 2-layer ``LlamaForSequenceClassification`` (RMSNorm,
-  rotary positions, SwiGLU, no biases, no pooler, ``score`` head) whose character-level
-  tokenizer has no pad token, as real decoder tokenizers usually do not.
+* ``tiny-random``, ``tiny-random-llama`` — a 2-layer BERT or Llama with random weights and a
+  character-level tokenizer, built in memory by ``diffprune.tiny_models``: for tests and
+  smoke runs, identical on every call.
 
 The encoder comes from the checkpoint; the task head (classifier / QA span head) is new and
 drawn from torch's global RNG, so the caller's ``torch.manual_seed`` fixes it.
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import re
-import string
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -36,23 +33,15 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
+from diffprune.layers import is_head
+
 logger = logging.getLogger(__name__)
 
 MINILM_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-TINY_RANDOM_MODEL_ID = "tiny-random-bert"
-TINY_RANDOM_LLAMA_MODEL_ID = "tiny-random-llama"
-SOURCES = ("offline-minilm", "hub", "path", "tiny-random", "tiny-random-llama")
-TINY_SOURCES = {"tiny-random": "bert", "tiny-random-llama": "llama"}
+TINY_SOURCES = ("tiny-random", "tiny-random-llama")  # built in memory by diffprune.tiny_models
+SOURCES = ("offline-minilm", "hub", "path") + TINY_SOURCES
 # Where the loader records the names of the parameters it newly initialised (the task head).
 NEW_PARAMETERS_ATTRIBUTE = "_diffprune_new_parameters"
-
-TINY_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-TINY_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                   max_position_embeddings=512, type_vocab_size=2)
-TINY_LLAMA_SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # no pad token, like Llama's own tokenizer
-TINY_LLAMA_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         intermediate_size=64, max_position_embeddings=512, attention_bias=False,
-                         mlp_bias=False, tie_word_embeddings=False)
 
 
 def _as_task(task):
@@ -131,7 +120,7 @@ def resolve_head_pattern(model: nn.Module, override: str | None, model_id: str) 
     else exactly the parameters the loader newly initialised. No head at all is an error."""
     names = [name for name, _ in model.named_parameters()]
     if override is not None:
-        if not any(re.search(override, name) for name in names):
+        if not any(is_head(name, override) for name in names):
             raise ValueError(f"head_pattern {override!r} in the config matches no parameter of {model_id}; "
                              "remove it (the head is then the weights the loader newly initialised) or "
                              "fix it to match the task head's parameter names")
@@ -143,116 +132,6 @@ def resolve_head_pattern(model: nn.Module, override: str | None, model_id: str) 
             "already finetuned checkpoint with its own head?). Load a pretrained body without a task "
             "head, or name the head explicitly with head_pattern in the config")
     return head_pattern_for(new)
-
-
-# --- the tiny random model -------------------------------------------------------------
-
-def tiny_vocab() -> list[str]:
-    """Special tokens, then every lowercase letter, digit and ASCII punctuation mark as a
-    word-initial piece and as a ``##`` continuation: any (lower-cased, accent-stripped)
-    English word splits into characters, so nothing but non-ASCII symbols becomes [UNK]."""
-    characters = string.ascii_lowercase + string.digits + string.punctuation
-    return list(TINY_SPECIAL_TOKENS) + list(characters) + [f"##{c}" for c in characters]
-
-
-def build_tiny_tokenizer():
-    """A fast BERT-style tokenizer (lower-casing, BERT pre-tokenisation, [CLS]/[SEP]
-    templates, offsets) over ``tiny_vocab`` — no files, no downloads."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast
-
-    vocab = {token: index for index, token in enumerate(tiny_vocab())}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=None, lowercase=True)
-    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
-    backend.decoder = decoders.WordPiece(prefix="##")
-    return BertTokenizerFast(tokenizer_object=backend, do_lower_case=True, unk_token="[UNK]",
-                             sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
-                             model_max_length=TINY_CONFIG["max_position_embeddings"])
-
-
-def tiny_bert_config(task):
-    from transformers import BertConfig
-
-    config = BertConfig(vocab_size=len(tiny_vocab()), pad_token_id=0, **TINY_CONFIG, **task_config_overrides(task))
-    config._name_or_path = TINY_RANDOM_MODEL_ID
-    return config
-
-
-def build_tiny_random_model(task, seed: int = 0) -> nn.Module:
-    """The tiny BERT for ``task``. Its encoder ("pretrained" weights) depends only on
-    ``seed`` — the same for every task and call, as a real checkpoint would be — while the
-    head is initialised from the caller's global RNG."""
-    from transformers import BertModel
-
-    config = tiny_bert_config(task)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        encoder = BertModel(config, add_pooling_layer=True)
-    model = task_model_class(task).from_config(config)
-    return _load_tiny_body(model, encoder)
-
-
-def _load_tiny_body(model: nn.Module, body: nn.Module) -> nn.Module:
-    """Copy the "pretrained" ``body`` into ``model``; whatever it does not cover is the new
-    head, recorded as a checkpoint load records its missing keys."""
-    # QA models have no pooler; every encoder weight the model has must come from `body`.
-    missing, _unused_pooler = model.base_model.load_state_dict(body.state_dict(), strict=False)
-    if missing:
-        raise RuntimeError(f"tiny random encoder does not cover {missing}")
-    prefix = f"{model.base_model_prefix}."
-    covered = {prefix + key for key in body.state_dict()}
-    mark_new_parameters(model, [name for name, _ in model.named_parameters() if name not in covered])
-    return model.eval()
-
-
-def tiny_llama_config(task):
-    from transformers import LlamaConfig
-
-    vocab = tiny_llama_vocab()
-    return LlamaConfig(vocab_size=len(vocab), bos_token_id=vocab.index("<s>"), eos_token_id=vocab.index("</s>"),
-                       pad_token_id=None, **TINY_LLAMA_CONFIG, **task_config_overrides(task))
-
-
-def tiny_llama_vocab() -> list[str]:
-    """Special tokens, the word-boundary marker of SentencePiece vocabularies (Llama's), then
-    single characters: every ASCII text splits into characters and word boundaries."""
-    characters = string.ascii_letters + string.digits + string.punctuation
-    return list(TINY_LLAMA_SPECIAL_TOKENS) + ["\u2581"] + list(characters)
-
-
-def build_tiny_llama_tokenizer():
-    """A fast Llama-style tokenizer: <s> prepended, no pad token, no files or downloads."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: index for index, token in enumerate(tiny_llama_vocab())}
-    merges = []  # characters only: BPE without merges keeps every piece a single character
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
-    backend.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", vocab["<s>"])])
-    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   model_max_length=TINY_LLAMA_CONFIG["max_position_embeddings"])
-
-
-def build_tiny_random_llama(task, seed: int = 0) -> nn.Module:
-    """The tiny Llama for ``task``: body fixed by ``seed``, head from the caller's global RNG."""
-    from transformers import LlamaModel
-
-    config = tiny_llama_config(task)
-    config._name_or_path = TINY_RANDOM_LLAMA_MODEL_ID
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        body = LlamaModel(config)
-    model = task_model_class(task).from_config(config)
-    return _load_tiny_body(model, body)
 
 
 def use_eos_as_pad(model: nn.Module, tokenizer, model_id: str) -> None:
@@ -396,12 +275,10 @@ def load_pretrained(model_spec: Mapping[str, Any], task, head_pattern: str | Non
 
 def _load_pretrained(model_spec: Mapping[str, Any], task, head_pattern: str | None) -> tuple[nn.Module, Any, str]:
     source = model_spec.get("source")
-    if source == "tiny-random":
-        return (build_tiny_random_model(task, int(model_spec.get("seed", 0))), build_tiny_tokenizer(),
-                TINY_RANDOM_MODEL_ID)
-    if source == "tiny-random-llama":
-        return (build_tiny_random_llama(task, int(model_spec.get("seed", 0))), build_tiny_llama_tokenizer(),
-                TINY_RANDOM_LLAMA_MODEL_ID)
+    if source in TINY_SOURCES:
+        from diffprune.tiny_models import build_tiny
+
+        return build_tiny(source, task, int(model_spec.get("seed", 0)))
     name_or_path, model_id = _checkpoint_location(model_spec)
     try:
         return (load_checkpoint(name_or_path, task, model_id, head_pattern), load_tokenizer(name_or_path),
@@ -424,10 +301,10 @@ def model_skeleton(model_spec: Mapping[str, Any], task) -> tuple[nn.Module, str]
 
     task = _as_task(task)
     source = model_spec.get("source")
-    if source == "tiny-random":
-        config, model_id = tiny_bert_config(task), TINY_RANDOM_MODEL_ID
-    elif source == "tiny-random-llama":
-        config, model_id = tiny_llama_config(task), TINY_RANDOM_LLAMA_MODEL_ID
+    if source in TINY_SOURCES:
+        from diffprune.tiny_models import tiny_config
+
+        config, model_id = tiny_config(source, task)
     else:
         name_or_path, model_id = _checkpoint_location(model_spec)
         try:

@@ -197,9 +197,11 @@ def evaluate_folder(folder, config_path, task_name: str, out_path, overrides: di
     checkpoint: nothing of the run that trained it is read), written to ``out_path`` as JSON."""
     from diffprune import settings
     from diffprune.models import _checkpoint_location, load_tokenizer
-    from diffprune.runner import (DATA_SUBSAMPLE_SEED, device_label, evaluate_module, pick_device,
-                                  resolve_precision, task_label_set, versions)
-    from diffprune.tasks import get_task
+    from diffprune.device import device_label, pick_device, resolve_precision
+    from diffprune.evaluation import evaluate_module
+    from diffprune.run_record import versions
+    from diffprune.seeding import DATA_SUBSAMPLE_SEED
+    from diffprune.tasks import get_task, task_label_set
     from diffprune.tasks.cache import load_task_data
 
     cfg = settings.load_config(config_path)

@@ -99,10 +99,9 @@ def measure(config_path, runs, method_key=None, rate=None, seed=None, rounds: in
     from diffprune import settings
     from diffprune.bank import TaskBank
     from diffprune.models import load_pretrained
-    from diffprune.runner import task_label_set
     from diffprune.seeding import seed_global_rngs
     from diffprune.storage import apply_diff_, load_diff
-    from diffprune.tasks import get_task
+    from diffprune.tasks import get_task, task_label_set
 
     runs = Path(runs)
     cfg = settings.load_config(config_path)

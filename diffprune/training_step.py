@@ -18,6 +18,8 @@ from typing import Iterable
 
 import torch
 
+from diffprune.device import autocast_context
+
 
 def steps_in_backward(optimizer) -> bool:
     return bool(getattr(optimizer, "steps_in_backward", False))
@@ -31,8 +33,6 @@ def training_step(module, method, batches: Iterable[dict], num_batches: int, opt
 
     ``trainable``: the parameters clipping looks at (default: the module's trainable ones).
     """
-    from diffprune.runner import autocast_context
-
     if steps_in_backward(optimizer) and (num_batches != 1 or scaler is not None or max_grad_norm > 0):
         raise ValueError("an optimizer that steps inside backward needs one micro-batch per step, no loss "
                          f"scaler and no global-norm clipping (got {num_batches} micro-batch(es), scaler "

@@ -143,7 +143,7 @@ def test_l0_run_stepping_in_backward_resumes_to_the_uninterrupted_result(tmp_pat
     and resumes to the bit-identical diff of an uninterrupted run."""
     from safetensors.torch import load_file
 
-    from diffprune import runner
+    from diffprune import run_plan, runner
     from tests.test_runner import write_config
 
     import diffprune.adaptive
@@ -161,13 +161,13 @@ def test_l0_run_stepping_in_backward_resumes_to_the_uninterrupted_result(tmp_pat
     config = write_config(tmp_path)
     overrides = {"max_grad_norm": 0.0, "checkpoint_every_steps": 2}
     reference = tmp_path / "uninterrupted"
-    runner.execute(runner.plan_train(config, "rte", "structured", 0, reference, overrides))
+    runner.execute(run_plan.plan_train(config, "rte", "structured", 0, reference, overrides))
     out = tmp_path / "resumed"
     monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")
     with pytest.raises(runner.SimulatedCrash):
-        runner.execute(runner.plan_train(config, "rte", "structured", 0, out, overrides))
+        runner.execute(run_plan.plan_train(config, "rte", "structured", 0, out, overrides))
     monkeypatch.delenv(runner.CRASH_HOOK_ENV)
-    runner.execute(runner.plan_train(config, "rte", "structured", 0, out, overrides))
+    runner.execute(run_plan.plan_train(config, "rte", "structured", 0, out, overrides))
     assert len(made) == 3 and made[0]._single  # every run stepped inside backward
     expected, resumed = (load_file(str(d / "dense_diff.safetensors")) for d in (reference, out))
     assert expected.keys() == resumed.keys()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from diffprune import cli, runner
+from diffprune.checkpoint import CHECKPOINT_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "the a cat dog sat on mat big small red blue house tree runs walks near far".split()
@@ -96,7 +97,7 @@ def test_killed_run_resumes_and_a_finished_run_is_skipped(config, tmp_path, caps
     # epoch 1 (step 3); the hook kills the process right after step 4's checkpoint
     crashed = run_cli(*args, env_extra={runner.CRASH_HOOK_ENV: "4"})
     assert crashed.returncode == 1 and "SimulatedCrash" in crashed.stderr
-    assert (out.with_name("seed0.tmp") / runner.CHECKPOINT_NAME).is_file() and not out.exists()
+    assert (out.with_name("seed0.tmp") / CHECKPOINT_NAME).is_file() and not out.exists()
 
     # the rerun (in-process: one interpreter start is enough for the test) picks it up
     monkeypatch.setenv("DIFFPRUNE_NO_PROGRESS", "1")

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from diffprune import models
+from diffprune import models, tiny_models
 from diffprune.tasks import get_task
 from diffprune.tasks.base import PaddingCollator
 
@@ -22,56 +22,6 @@ def collated_pairs(tokenizer, n=3):
     encoded = tokenizer(["A man is dancing."] * n, ["Someone dances, happily!"] * n, truncation=True, max_length=64)
     features = [{key: encoded[key][i] for key in encoded} for i in range(n)]
     return PaddingCollator(tokenizer.pad_token_id)(features)
-
-
-def test_tiny_tokenizer_splits_english_into_characters():
-    tokenizer = models.build_tiny_tokenizer()
-    assert tokenizer.is_fast
-    tokens = tokenizer.tokenize("Hello, World 42!")
-    assert tokens == ["h", "##e", "##l", "##l", "##o", ",", "w", "##o", "##r", "##l", "##d", "4", "##2", "!"]
-    text = "The quick brown fox (2021) jumps over 3 lazy dogs; it's 100% true."
-    assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"]
-    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True).replace(" ", "") == \
-        text.lower().replace(" ", "")
-
-
-@pytest.mark.parametrize("task_name, head_shape", [("rte", (2, 32)), ("mnli", (3, 32)), ("stsb", (1, 32))])
-def test_tiny_random_classifier_runs_forward(task_name, head_shape):
-    torch.manual_seed(0)
-    model, tokenizer, model_id = models.load_pretrained(TINY, get_task(task_name))
-    assert model_id == "tiny-random-bert"
-    assert tuple(model.classifier.weight.shape) == head_shape
-    assert model.config.problem_type == ("regression" if task_name == "stsb" else "single_label_classification")
-    batch = collated_pairs(tokenizer)
-    batch["labels"] = torch.tensor([1.5, 0.0, 4.0]) if task_name == "stsb" else torch.tensor([0, 1, 1])
-    output = model(**batch)
-    assert output.logits.shape == (3, head_shape[0]) and torch.isfinite(output.loss)
-
-
-def test_tiny_random_qa_runs_forward():
-    torch.manual_seed(0)
-    model, tokenizer, _ = models.load_pretrained(TINY, "squad")
-    batch = collated_pairs(tokenizer, 2)
-    output = model(**batch, start_positions=torch.tensor([3, 0]), end_positions=torch.tensor([5, 0]))
-    assert output.start_logits.shape == batch["input_ids"].shape and torch.isfinite(output.loss)
-
-
-def test_tiny_random_encoder_is_fixed_by_its_seed_and_head_by_the_caller():
-    torch.manual_seed(0)
-    rte_a, _, _ = models.load_pretrained(TINY, "rte")
-    torch.manual_seed(1)
-    rte_b, _, _ = models.load_pretrained(TINY, "rte")
-    squad, _, _ = models.load_pretrained(TINY, "squad")
-    other, _, _ = models.load_pretrained({"source": "tiny-random", "seed": 1}, "rte")
-    a, b = encoder_state(rte_a), encoder_state(rte_b)
-    assert all(torch.equal(a[name], b[name]) for name in a)
-    assert all(torch.equal(a[name], tensor) for name, tensor in encoder_state(squad).items())
-    assert not torch.equal(a["embeddings.word_embeddings.weight"],
-                           encoder_state(other)["embeddings.word_embeddings.weight"])
-    assert not torch.equal(rte_a.classifier.weight, rte_b.classifier.weight)
-    torch.manual_seed(0)
-    rte_c, _, _ = models.load_pretrained(TINY, "rte")
-    assert torch.equal(rte_a.classifier.weight, rte_c.classifier.weight)
 
 
 @pytest.fixture
@@ -131,9 +81,9 @@ def _save_tiny_classifier(folder, **save_options):
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(models.tiny_bert_config(get_task("rte")))
+    model = BertForSequenceClassification(tiny_models.tiny_bert_config(get_task("rte")))
     model.save_pretrained(folder, **save_options)
-    models.build_tiny_tokenizer().save_pretrained(folder)
+    tiny_models.build_tiny_tokenizer().save_pretrained(folder)
     return model
 
 
@@ -314,7 +264,7 @@ def test_explicit_head_pattern_overrides_and_must_match(tiny_bert):
 
 def test_tiny_llama_pads_with_eos_and_tells_the_model():
     model, tokenizer, model_id = models.load_pretrained({"source": "tiny-random-llama"}, "rte")
-    assert model_id == "tiny-random-llama" and models.build_tiny_llama_tokenizer().pad_token is None
+    assert model_id == "tiny-random-llama" and tiny_models.build_tiny_llama_tokenizer().pad_token is None
     assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
     assert model.config.pad_token_id == tokenizer.pad_token_id
     assert models.new_parameter_names(model) == ("score.weight",)
@@ -327,7 +277,7 @@ def test_tiny_llama_pads_with_eos_and_tells_the_model():
 
 
 def test_tokenizer_without_pad_or_eos_is_a_clear_error():
-    tokenizer = models.build_tiny_llama_tokenizer()
+    tokenizer = tiny_models.build_tiny_llama_tokenizer()
     tokenizer.eos_token = None
     with pytest.raises(ValueError, match="neither a pad nor an EOS token"):
         models.use_eos_as_pad(torch.nn.Linear(1, 1), tokenizer, "no-eos")

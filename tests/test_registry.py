@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from diffprune import cli, runner
+from diffprune import cli, run_plan, runner
 from diffprune.registry import METHODS, build_method, method_class
 from tests.conftest import tiny_bert_config
 from tests.test_runner import write_rte
@@ -60,7 +60,7 @@ def llama(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     config = write_config(tmp, request.param)
     full = tmp / "runs" / "full_finetuning" / "seed0"
-    runner.execute(runner.plan_train(config, "rte", "full_finetuning", 0, full))
+    runner.execute(run_plan.plan_train(config, "rte", "full_finetuning", 0, full))
     return {"config": config, "full": full, "model": request.param, **MODELS[request.param]}
 
 
@@ -133,7 +133,7 @@ def run_bitfit(llama, tmp_path):
         assert train(llama, tmp_path, "bitfit")["head_parameters"] == llama["head"]
         return
     with pytest.raises(ValueError) as refused:
-        runner.plan_train(llama["config"], "rte", "bitfit", 0, tmp_path / "bitfit")
+        run_plan.plan_train(llama["config"], "rte", "bitfit", 0, tmp_path / "bitfit")
     message = str(refused.value)
     assert "bitfit" in message and llama["model"] in message and "no bias" in message and "choose another method" in message
     assert not (tmp_path / "bitfit").exists()

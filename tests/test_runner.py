@@ -1,6 +1,6 @@
 """The training / evaluation runner (diffprune/runner.py), run in-process on a tiny RTE fixture.
 
-The model is the tiny random BERT (models.py, source ``tiny-random``) and the data a
+The model is the tiny random BERT (tiny_models.py, source ``tiny-random``) and the data a
 24-example RTE-format TSV written into tmp: a whole run takes a second or two on a CPU.
 """
 from __future__ import annotations
@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
-from diffprune import runner
-from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
+from diffprune import evaluation, run_plan, runner
 from diffprune.atomic import publish_dir, write_json
+from diffprune.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
+from diffprune.handover import DENSE_DIFF_NAME
+from diffprune.seeding import derive_seeds
 from diffprune.storage import BaseModelMismatch, DiffFileError, TaskMismatch, read_header
 
 WORDS = "the a cat dog sat on mat big small red blue house tree runs walks near far".split()
@@ -78,7 +80,7 @@ def reference(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reference")
     config = write_config(tmp)
     out = tmp / "runs" / "ff" / "seed0"
-    metrics = runner.execute(runner.plan_train(config, "rte", "full_finetuning", 0, out))
+    metrics = runner.execute(run_plan.plan_train(config, "rte", "full_finetuning", 0, out))
     return {"config": config, "out": out, "metrics": metrics, "tmp": tmp}
 
 
@@ -96,7 +98,7 @@ def test_train_writes_a_complete_run(reference):
     out, metrics = reference["out"], reference["metrics"]
     # the dense diff is written because a projected entry (nonadaptive) reuses this key's runs
     assert {"dense_diff.safetensors", "metrics.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
-    assert runner.CHECKPOINT_NAME not in {p.name for p in out.iterdir()}
+    assert CHECKPOINT_NAME not in {p.name for p in out.iterdir()}
     assert not out.with_name(out.name + ".tmp").exists()
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == metrics
@@ -120,11 +122,12 @@ def test_train_writes_a_complete_run(reference):
 
 
 def test_same_seed_gives_identical_results(reference, tmp_path):
-    again = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "again"))
+    again = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "again"))
     for key in ("metrics", "scores", "majority_scores", "new_params", "steps", "base_fingerprint"):
         assert again[key] == reference["metrics"][key]
     assert_same_tensors(tensors(tmp_path / "again" / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
-    other_seed = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 1, tmp_path / "seed1"))
+    other_seed = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 1,
+                                                    tmp_path / "seed1"))
     assert other_seed["base_fingerprint"] == reference["metrics"]["base_fingerprint"]  # same base, other head/order
     assert not torch.equal(tensors(tmp_path / "seed1" / "model.safetensors")["classifier.weight"],
                            tensors(reference["out"] / "model.safetensors")["classifier.weight"])
@@ -132,7 +135,8 @@ def test_same_seed_gives_identical_results(reference, tmp_path):
 
 def test_finished_run_is_skipped(reference, capsys):
     before = (reference["out"] / "metrics.json").stat().st_mtime_ns
-    assert runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, reference["out"])) is None
+    plan = run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, reference["out"])
+    assert runner.execute(plan) is None
     assert "skipping" in capsys.readouterr().err
     assert (reference["out"] / "metrics.json").stat().st_mtime_ns == before
 
@@ -142,15 +146,15 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(reference, tmp_path, mo
     overrides = {"checkpoint_every_steps": 2}
     monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")  # crash in epoch 2, one step after a checkpoint
     with pytest.raises(runner.SimulatedCrash):
-        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
-    checkpoint = runner.load_checkpoint(out.with_name("resumed.tmp") / runner.CHECKPOINT_NAME)
+        runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+    checkpoint = load_checkpoint(out.with_name("resumed.tmp") / CHECKPOINT_NAME)
     assert (checkpoint["step"], checkpoint["epoch"], checkpoint["groups_done"]) == (4, 1, 0)
     assert not out.exists()
 
     monkeypatch.delenv(runner.CRASH_HOOK_ENV)
-    metrics = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+    metrics = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
     assert metrics["steps"] == 8 and not out.with_name("resumed.tmp").exists()
-    assert not (out / runner.CHECKPOINT_NAME).exists()
+    assert not (out / CHECKPOINT_NAME).exists()
     # dropout noise, data order and optimizer state all continue exactly where they stopped
     assert_same_tensors(tensors(out / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
     assert metrics["metrics"] == reference["metrics"]["metrics"]
@@ -160,11 +164,12 @@ def test_checkpoint_of_another_configuration_is_refused(reference, tmp_path, mon
     out = tmp_path / "run"
     monkeypatch.setenv(runner.CRASH_HOOK_ENV, "2")
     with pytest.raises(runner.SimulatedCrash):
-        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, {"checkpoint_every_steps": 2}))
+        runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, out,
+                                           {"checkpoint_every_steps": 2}))
     monkeypatch.delenv(runner.CRASH_HOOK_ENV)
     with pytest.raises(ValueError, match="different run configuration"):
-        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out,
-                                         {"checkpoint_every_steps": 2, "learning_rate": 0.5}))
+        runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, out,
+                                           {"checkpoint_every_steps": 2, "learning_rate": 0.5}))
 
 
 class _Hostile:
@@ -186,7 +191,7 @@ def test_resume_never_unpickles(reference, tmp_path, monkeypatch, capsys):
     overrides = {"checkpoint_every_steps": 2}
     monkeypatch.setenv(runner.CRASH_HOOK_ENV, "5")
     with pytest.raises(runner.SimulatedCrash):
-        runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+        runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
     monkeypatch.delenv(runner.CRASH_HOOK_ENV)
     torch.save(_Hostile(marker), tmp / "checkpoint.pt")
     capsys.readouterr()
@@ -197,86 +202,24 @@ def test_resume_never_unpickles(reference, tmp_path, monkeypatch, capsys):
     with monkeypatch.context() as patched:
         for module, name in ((torch, "load"), (pickle, "load"), (pickle, "loads"), (pickle, "Unpickler")):
             patched.setattr(module, name, refuse)
-        metrics = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
+        metrics = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, out, overrides))
     assert not marker.exists()
     log = capsys.readouterr().err
     assert "old pickle format: not read" in log and "resuming from" in log and "step 4/8" in log
     assert metrics["steps"] == 8
     assert_same_tensors(tensors(out / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
 
-    hostile = tmp_path / "hostile" / runner.CHECKPOINT_NAME
+    hostile = tmp_path / "hostile" / CHECKPOINT_NAME
     hostile.parent.mkdir()
     torch.save(_Hostile(marker), hostile)
     with pytest.raises(ValueError, match="is not a diffprune checkpoint"):
-        runner.load_checkpoint(hostile)
+        load_checkpoint(hostile)
     assert not marker.exists()
 
 
-def test_checkpoint_round_trip_of_optimizer_scheduler_and_rng_is_exact(tmp_path):
-    import numpy as np
-
-    from diffprune.methods import adamw
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-
-    def optimizer_for(module):
-        groups = [{"params": [module[0].weight, module[1].weight], "weight_decay": 0.01},
-                  {"params": [module[0].bias, module[1].bias], "weight_decay": 0.0, "lr": 5e-3}]
-        optimizer = adamw(groups, lr=1e-2)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, runner.linear_schedule(10, 2))
-        return optimizer, scheduler
-
-    def one_step(module, optimizer, scheduler):
-        module(torch.randn(5, 4)).square().sum().backward()
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    optimizer, scheduler = optimizer_for(model)
-    for _ in range(3):
-        one_step(model, optimizer, scheduler)
-    path = tmp_path / runner.CHECKPOINT_NAME
-    runner.save_checkpoint(path, {"format": runner.CHECKPOINT_FORMAT, "step": 3, "module": runner.trainable_state(model),
-                                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                  "scaler": None, "rng": runner.rng_states(), "extra": {"note": [1.5, None]}})
-    with safe_open(str(path), framework="pt") as stored:  # safetensors + JSON, no pickle inside
-        assert stored.metadata()["format"] == "diffprune.checkpoint"
-    loaded = runner.load_checkpoint(path)
-    assert loaded["step"] == 3 and loaded["scaler"] is None and loaded["extra"] == {"note": [1.5, None]}
-
-    saved = optimizer.state_dict()
-    assert loaded["optimizer"]["param_groups"] == saved["param_groups"]
-    assert all(type(g["betas"]) is tuple for g in loaded["optimizer"]["param_groups"])
-    assert loaded["optimizer"]["state"].keys() == saved["state"].keys()
-    for index, entry in saved["state"].items():
-        assert set(loaded["optimizer"]["state"][index]) == {"step", "exp_avg", "exp_avg_sq"} == set(entry)
-        for key, value in entry.items():
-            restored = loaded["optimizer"]["state"][index][key]
-            assert restored.dtype == value.dtype and torch.equal(restored, value), (index, key)
-    assert loaded["scheduler"] == scheduler.state_dict()
-
-    # the same draws after restoring the RNG states
-    expected = (random.random(), np.random.rand(), torch.rand(3))
-    runner.restore_rng_states(loaded["rng"])
-    again = (random.random(), np.random.rand(), torch.rand(3))
-    assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
-
-    # a fresh model + optimizer resumed from the file continues bit-identically
-    resumed = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-    resumed.load_state_dict(loaded["module"])
-    resumed_optimizer, resumed_scheduler = optimizer_for(resumed)
-    resumed_optimizer.load_state_dict(loaded["optimizer"])
-    resumed_scheduler.load_state_dict(loaded["scheduler"])
-    for module, opt, sched in ((model, optimizer, scheduler), (resumed, resumed_optimizer, resumed_scheduler)):
-        torch.manual_seed(7)
-        one_step(module, opt, sched)
-    assert_same_tensors(model.state_dict(), resumed.state_dict())
-
-
 def test_gradient_accumulation_and_max_steps(reference, tmp_path):
-    plan = runner.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "acc",
-                             {"batch_size": 3, "gradient_accumulation_steps": 2, "max_steps": 5, "epochs": 3})
+    plan = run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "acc",
+                               {"batch_size": 3, "gradient_accumulation_steps": 2, "max_steps": 5, "epochs": 3})
     plan.write_dense_diff = False
     metrics = runner.execute(plan)
     # 16 examples / batch 3 = 6 micro-batches = 3 optimizer steps per epoch; capped at 5 steps
@@ -285,7 +228,8 @@ def test_gradient_accumulation_and_max_steps(reference, tmp_path):
 
 def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
     out = tmp_path / "nonadaptive" / "rate10.0" / "seed0"
-    metrics = runner.execute(runner.plan_prune(reference["config"], "rte", "nonadaptive", 0, 10, reference["out"], out))
+    metrics = runner.execute(run_plan.plan_prune(reference["config"], "rte", "nonadaptive", 0, 10, reference["out"],
+                                                 out))
     assert sorted(p.name for p in out.iterdir()) == ["diff.safetensors", "metrics.json", "stats.json"]
     assert METRICS_FIELDS <= set(metrics)
     assert metrics["phase"] == "prune" and metrics["rate"] == 10.0 and metrics["method"] == "nonadaptive_diff_pruning"
@@ -302,12 +246,13 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
 
     # the stored diff, applied to the shared base, reproduces the prune run's evaluation
     result_path = tmp_path / "eval.json"
-    result = runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", reference["config"], "rte", result_path))
+    result = evaluation.execute_evaluate(run_plan.plan_evaluate(out / "diff.safetensors", reference["config"], "rte",
+                                                                result_path))
     assert result["metrics"] == metrics["metrics"] and json.loads(result_path.read_text()) == result
 
     with pytest.raises(BaseModelMismatch):
-        runner.execute_evaluate(runner.plan_evaluate(out / "diff.safetensors", reference["config"], "rte",
-                                                     tmp_path / "other.json", model_key="other_base"))
+        evaluation.execute_evaluate(run_plan.plan_evaluate(out / "diff.safetensors", reference["config"], "rte",
+                                                           tmp_path / "other.json", model_key="other_base"))
     assert not (tmp_path / "other.json").exists()
 
     # the diff names its task and labels; evaluating it as another task, or passing the dense
@@ -315,78 +260,39 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
     header = read_header(out / "diff.safetensors")
     assert header["task"] == "rte" and header["labels"] == ["entailment", "not_entailment"]
     with pytest.raises(TaskMismatch, match="is a diff for task 'rte', not 'mrpc'"):
-        runner.plan_evaluate(out / "diff.safetensors", reference["config"], "mrpc", tmp_path / "mrpc.json")
+        run_plan.plan_evaluate(out / "diff.safetensors", reference["config"], "mrpc", tmp_path / "mrpc.json")
     with pytest.raises(DiffFileError, match="is a dense diff .* evaluate and apply_diff_ take the diff.safetensors"):
-        runner.plan_evaluate(reference["out"] / runner.DENSE_DIFF_NAME, reference["config"], "rte", tmp_path / "d.json")
+        run_plan.plan_evaluate(reference["out"] / DENSE_DIFF_NAME, reference["config"], "rte", tmp_path / "d.json")
 
 
-def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path):
+def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path, monkeypatch):
     """The paper's method: the L0 run hands its own dense diff to its prune runs."""
+    from diffprune import storage
+
+    written = []
+    save_dense_diff = storage.save_dense_diff
+    monkeypatch.setattr(storage, "save_dense_diff",
+                        lambda path, *args: written.append(Path(path)) or save_dense_diff(path, *args))
     source = tmp_path / "structured" / "seed0"
-    l0 = runner.execute(runner.plan_train(reference["config"], "rte", "structured", 0, source, {"max_steps": 3}))
+    l0 = runner.execute(run_plan.plan_train(reference["config"], "rte", "structured", 0, source, {"max_steps": 3}))
     assert l0["method"] == "diff_pruning" and l0["steps"] == 3
-    assert (source / runner.DENSE_DIFF_NAME).is_file() and (source / "stats.json").is_file()
+    assert (source / DENSE_DIFF_NAME).is_file() and (source / "stats.json").is_file()
+    # what the L0 phase stores is its hand-over, written once, naming the base it was trained on
+    assert written == [source.with_name("seed0.tmp") / DENSE_DIFF_NAME]
+    assert l0["exported"] == {"dense_diff": DENSE_DIFF_NAME}
+    assert l0["bytes_per_task"] == (source / DENSE_DIFF_NAME).stat().st_size
+    assert read_header(source / DENSE_DIFF_NAME, expected_format=storage.DENSE_FORMAT)["base_fingerprint"] == \
+        l0["base_fingerprint"]
     assert l0["diffed_params"] == reference["metrics"]["pretrained_params"] and l0["nonzeros"] > 0
     out = tmp_path / "structured" / "rate10.0" / "seed0"
-    pruned = runner.execute(runner.plan_prune(reference["config"], "rte", "structured", 0, 10, source, out,
-                                              {"max_steps": 2}))
+    pruned = runner.execute(run_plan.plan_prune(reference["config"], "rte", "structured", 0, 10, source, out,
+                                                {"max_steps": 2}))
     assert pruned["source_scores"] == l0["scores"] and pruned["steps"] == 2
     # the L0 run drew gate noise; the fixed-mask run draws none (its mask is the source's)
-    assert l0["seeds"]["gate_noise"] == runner.derive_seeds(0).gate_noise
+    assert l0["seeds"]["gate_noise"] == derive_seeds(0).gate_noise
     assert pruned["seeds"]["gate_noise"] is None
     assert pruned["nonzeros"] <= round(0.10 * pruned["diffed_params"])
     assert (out / "diff.safetensors").is_file()
-
-
-@pytest.mark.parametrize("call, message", [
-    (lambda c, t: runner.plan_train(c, "wnli", "full_finetuning", 0, t / "o"), "unknown task 'wnli'"),
-    (lambda c, t: runner.plan_train(c, "rte", "adapters_64", 0, t / "o"), "unknown method key 'adapters_64'"),
-    (lambda c, t: runner.plan_train(c, "rte", "nonadaptive", 0, t / "o"), "no train phase of its own"),
-    (lambda c, t: runner.plan_train(c, "rte", "full_finetuning", -1, t / "o"), "seed must be"),
-    (lambda c, t: runner.plan_prune(c, "rte", "nonadaptive", 0, 0, t, t / "o"), "(0, 100]"),
-    (lambda c, t: runner.plan_prune(c, "rte", "nonadaptive", 0, 150, t, t / "o"), "(0, 100]"),
-    (lambda c, t: runner.plan_prune(c, "rte", "full_finetuning", 0, 1, t, t / "o"), "not projected"),
-    (lambda c, t: runner.plan_prune(c, "rte", "nonadaptive", 0, 1, t / "missing", t / "o"), "no metrics.json"),
-    (lambda c, t: runner.plan_evaluate(t / "missing.safetensors", c, "rte", t / "o.json"), "no such file"),
-])
-def test_bad_requests_fail_in_planning(tmp_path, call, message):
-    config = write_config(tmp_path)
-    with pytest.raises((ValueError, FileNotFoundError)) as error:
-        call(config, tmp_path)
-    assert message in str(error.value)
-
-
-def test_prune_refuses_a_source_of_the_wrong_task(reference, tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / runner.DENSE_DIFF_NAME).write_bytes(b"")
-    write_json(source / "metrics.json", {"task": "mrpc", "method_key": "full_finetuning"})
-    with pytest.raises(ValueError, match="is a 'mrpc' run"):
-        runner.plan_prune(reference["config"], "rte", "nonadaptive", 0, 1, source, tmp_path / "o")
-
-
-def test_linear_schedule_and_epoch_order():
-    factor = runner.linear_schedule(total_steps=10, warmup_steps=2)
-    assert [round(factor(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
-    assert runner.epoch_order(10, seed=3, epoch=1) == runner.epoch_order(10, seed=3, epoch=1)
-    assert runner.epoch_order(10, seed=3, epoch=1) != runner.epoch_order(10, seed=3, epoch=2)
-    assert sorted(runner.epoch_order(10, seed=3, epoch=1)) == list(range(10))
-
-
-def test_length_grouped_batches_cover_the_epoch_and_pad_less():
-    lengths = [(i * 37) % 101 + 1 for i in range(1000)]
-    plain = runner.epoch_batches(1000, 8, seed=1, epoch=0)
-    grouped = runner.epoch_batches(1000, 8, seed=1, epoch=0, lengths=lengths)
-    assert plain == [runner.epoch_order(1000, 1, 0)[i:i + 8] for i in range(0, 1000, 8)]
-    assert sorted(i for batch in grouped for i in batch) == list(range(1000))
-    assert grouped == runner.epoch_batches(1000, 8, seed=1, epoch=0, lengths=lengths)
-    assert grouped != runner.epoch_batches(1000, 8, seed=1, epoch=1, lengths=lengths)
-
-    def padded_tokens(batches):
-        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
-
-    # every batch padded to its longest member: grouping must waste far fewer tokens
-    assert padded_tokens(grouped) < 0.6 * padded_tokens(plain)
 
 
 def test_publish_dir_is_all_or_nothing(tmp_path):
@@ -410,12 +316,12 @@ def test_critical_layers_ranks_by_the_full_finetuning_run_of_its_task_and_seed(r
 
     config, ff_run = reference["config"], reference["out"]
     with pytest.raises(ValueError, match="pass its run directory with --from"):
-        runner.plan_train(config, "rte", "critical", 0, tmp_path / "c")
+        run_plan.plan_train(config, "rte", "critical", 0, tmp_path / "c")
     with pytest.raises(ValueError, match="seed 1"):
-        runner.plan_train(config, "rte", "critical", 1, tmp_path / "c", needed_dir=ff_run)
+        run_plan.plan_train(config, "rte", "critical", 1, tmp_path / "c", needed_dir=ff_run)
     with pytest.raises(ValueError, match="only for methods that read another run"):
-        runner.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "c", needed_dir=ff_run)
-    metrics = runner.execute(runner.plan_train(config, "rte", "critical", 0, tmp_path / "c", needed_dir=ff_run))
+        run_plan.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "c", needed_dir=ff_run)
+    metrics = runner.execute(run_plan.plan_train(config, "rte", "critical", 0, tmp_path / "c", needed_dir=ff_run))
     assert metrics["config"]["method"]["options"]["ranking"] == str(ff_run)
     distances = json.loads((ff_run / "stats.json").read_text())["per_layer_distance"]
     competing = {k: v["relative_l2"] for k, v in distances.items() if k == "embeddings" or k.startswith("layer_")}
@@ -427,9 +333,9 @@ def test_critical_layers_ranks_by_the_full_finetuning_run_of_its_task_and_seed(r
 def test_run_seeds_are_derived_and_recorded(reference, tmp_path):
     """Every stream follows the run seed; the data subsample does not (seeds share examples)."""
     seed0 = reference["metrics"]
-    seed1 = runner.execute(runner.plan_train(reference["config"], "rte", "full_finetuning", 1, tmp_path / "seed1"))
+    seed1 = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 1, tmp_path / "seed1"))
     # full finetuning draws no gate noise: it records none rather than a seed it never used
-    assert seed0["seeds"] == {**runner.derive_seeds(0).to_dict(), "gate_noise": None, "data_subsample": 0}
+    assert seed0["seeds"] == {**derive_seeds(0).to_dict(), "gate_noise": None, "data_subsample": 0}
     assert seed1["seeds"]["run"] == 1 and seed1["seeds"]["data_subsample"] == 0
     assert seed1["seeds"]["gate_noise"] is None
     for stream in ("model_init", "data_order"):
@@ -438,27 +344,6 @@ def test_run_seeds_are_derived_and_recorded(reference, tmp_path):
 
 
 def test_diff_pruning_records_the_gate_noise_seed_it_used(reference, tmp_path):
-    derived = runner.execute(runner.plan_train(reference["config"], "rte", "structured", 2, tmp_path / "d",
-                                               {"max_steps": 1}))
-    assert derived["seeds"]["gate_noise"] == runner.derive_seeds(2).gate_noise
-
-
-def test_run_seeds_are_derived_once_per_plan(reference, tmp_path, monkeypatch):
-    plan = runner.plan_train(reference["config"], "rte", "full_finetuning", 3, tmp_path / "o")
-    calls = []
-    derive = runner.derive_seeds
-    monkeypatch.setattr(runner, "derive_seeds", lambda seed: calls.append(seed) or derive(seed))
-    assert plan.seeds is plan.seeds and plan.seeds == derive(3)
-    assert calls == [3]
-
-
-def test_prune_planning_does_not_rebuild_the_model_skeleton(reference, tmp_path, monkeypatch):
-    """Whether the method applies was checked when its source run was planned; planning each
-    rate's prune run must not pay for the skeleton again."""
-    checked = []
-    check = runner.check_method_applies
-    monkeypatch.setattr(runner, "check_method_applies", lambda *args: checked.append(args[2]) or check(*args))
-    runner.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "train")
-    assert checked == ["full_finetuning"]
-    plan = runner.plan_prune(reference["config"], "rte", "nonadaptive", 0, 10, reference["out"], tmp_path / "prune")
-    assert plan.phase == "prune" and checked == ["full_finetuning"]
+    derived = runner.execute(run_plan.plan_train(reference["config"], "rte", "structured", 2, tmp_path / "d",
+                                                 {"max_steps": 1}))
+    assert derived["seeds"]["gate_noise"] == derive_seeds(2).gate_noise

@@ -11,8 +11,9 @@ import time
 import pytest
 import torch
 
-from diffprune import cli, datahash, runner, settings
+from diffprune import cli, datahash, run_plan, runner
 from diffprune.atomic import OWNER_FILE, claim_dir, publish_dir, write_json
+from diffprune.checkpoint import CHECKPOINT_NAME
 from tests.test_runner import write_config, write_rte
 
 
@@ -44,10 +45,10 @@ def test_a_tmp_dir_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, 
     before = _files(thesis)
     os.symlink(thesis, out.with_name("seed0.tmp"))
     with pytest.raises(ValueError, match=r"seed0.tmp is a symbolic link; a run never writes or clears through a link"):
-        runner.plan_train(config, "rte", "full_finetuning", 0, out)
+        run_plan.plan_train(config, "rte", "full_finetuning", 0, out)
     # ... and if the link appears after planning, execute refuses it too
     os.unlink(out.with_name("seed0.tmp"))
-    plan = runner.plan_train(config, "rte", "full_finetuning", 0, out)
+    plan = run_plan.plan_train(config, "rte", "full_finetuning", 0, out)
     os.symlink(thesis, plan.tmp_dir)
     with pytest.raises(FileExistsError, match="is not a plain directory"):
         runner.execute(plan)
@@ -56,7 +57,7 @@ def test_a_tmp_dir_that_is_a_link_is_refused_and_its_target_untouched(tmp_path, 
 
 def test_a_tmp_dir_this_run_did_not_create_is_neither_cleared_nor_published(tmp_path, thesis):
     config = write_config(tmp_path)
-    plan = runner.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "runs" / "seed0")
+    plan = run_plan.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "runs" / "seed0")
     plan.tmp_dir.mkdir(parents=True)
     (plan.tmp_dir / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=f"holds no {OWNER_FILE}: this run did not create it"):
@@ -83,14 +84,14 @@ def test_a_second_writer_waits_then_leaves_the_first_ones_run_alone(tmp_path):
     Snakemake delete the first one's published run."""
     config = write_config(tmp_path)
     out = tmp_path / "runs" / "ff" / "seed0"
-    first = runner.plan_train(config, "rte", "full_finetuning", 0, out)
+    first = run_plan.plan_train(config, "rte", "full_finetuning", 0, out)
     holder = claim_dir(first.tmp_dir, first.owner())  # the first writer, mid-run
     (first.tmp_dir / "partial.safetensors").write_bytes(b"half of it")
     outcome = {}
 
     def second_writer():
         try:
-            outcome["result"] = runner.execute(runner.plan_train(config, "rte", "full_finetuning", 0, out))
+            outcome["result"] = runner.execute(run_plan.plan_train(config, "rte", "full_finetuning", 0, out))
         except BaseException as error:  # reported below
             outcome["error"] = error
 
@@ -112,43 +113,20 @@ def test_a_second_writer_waits_then_leaves_the_first_ones_run_alone(tmp_path):
 
 def test_a_run_that_took_no_step_is_not_published(tmp_path, monkeypatch):
     config = write_config(tmp_path)
-    plan = runner.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "zero")
+    plan = run_plan.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "zero")
     monkeypatch.setattr(runner, "train_loop", lambda *args: runner.TrainOutcome(steps=0, epochs=0, train_seconds=0.0,
                                                                                extra={}))
     with pytest.raises(ValueError, match="took no optimizer step .* a run that trained nothing is not published"):
         runner.execute(plan)
     assert not plan.out_dir.exists()
     with pytest.raises(ValueError, match="--set.epochs must be >= 1"):
-        runner.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "z", {"epochs": 0})
-
-
-def test_prune_refuses_the_source_run_of_another_seed(tmp_path):
-    source = tmp_path / "ff" / "seed0"
-    source.mkdir(parents=True)
-    (source / runner.DENSE_DIFF_NAME).write_bytes(b"")
-    write_json(source / "metrics.json", {"task": "rte", "method_key": "full_finetuning", "seed": 0})
-    with pytest.raises(ValueError, match="is the seed-0 run; a prune run of seed 1 starts from the seed-1 run"):
-        runner.plan_prune(write_config(tmp_path), "rte", "nonadaptive", 1, 10, source, tmp_path / "o")
-
-
-def test_the_dev_subsample_does_not_depend_on_the_run_seed(tmp_path):
-    config = write_config(tmp_path)
-    cfg = settings.load_config(config)
-    training = settings.resolve_training(cfg, "rte", "full_finetuning", overrides={"max_eval_examples": 3,
-                                                                                   "max_train_examples": 5})
-    picked = []
-    for seed in (0, 1, 7):
-        *_, data = runner.load_task_and_model(cfg, "rte", training, settings.data_config(cfg, "rte"),
-                                              runner.derive_seeds(seed).model_init)
-        dev = data.evals["dev"].dataset
-        picked.append([(dev[i]["input_ids"], dev[i]["labels"]) for i in range(len(dev))])
-    assert len(picked[0]) == 3 and picked[0] == picked[1] == picked[2]
+        run_plan.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "z", {"epochs": 0})
 
 
 def test_metrics_record_the_thread_count_and_the_data_hash(tmp_path):
     config = write_config(tmp_path)
-    metrics = runner.execute(runner.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "a",
-                                               {"num_threads": 1, "max_steps": 1}))
+    metrics = runner.execute(run_plan.plan_train(config, "rte", "full_finetuning", 0, tmp_path / "a",
+                                                 {"num_threads": 1, "max_steps": 1}))
     assert metrics["num_threads"] == torch.get_num_threads() == 1
     glue = tmp_path / "glue"
     expected = datahash.task_data_hash("rte", {"glue_dir": str(glue)})
@@ -159,22 +137,12 @@ def test_metrics_record_the_thread_count_and_the_data_hash(tmp_path):
     assert datahash.task_data_hash("rte", {"glue_dir": str(glue)}) != expected
 
 
-def test_evaluate_refuses_an_existing_out_file(tmp_path):
-    """It used to exit 0 leaving the old scores in place."""
-    config = write_config(tmp_path)
-    old = tmp_path / "eval.json"
-    old.write_text('{"scores": {"rte": 99.0}}')
-    with pytest.raises(ValueError, match="--out .*eval.json exists: evaluate never reuses or overwrites"):
-        runner.plan_evaluate(tmp_path / "diff.safetensors", config, "rte", old)
-    assert json.loads(old.read_text()) == {"scores": {"rte": 99.0}}
-
-
 def test_a_full_disk_says_no_space_left_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
     config = write_config(tmp_path)
     out = tmp_path / "runs" / "seed0"
 
     def full_disk_midway(plan, *args):
-        (plan.tmp_dir / runner.CHECKPOINT_NAME).write_bytes(b"checkpoint")
+        (plan.tmp_dir / CHECKPOINT_NAME).write_bytes(b"checkpoint")
         monkeypatch.setattr(os, "statvfs", lambda path: os.statvfs_result((4096,) * 3 + (0,) * 7))
         raise RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 832 vs 726")
 
@@ -184,4 +152,4 @@ def test_a_full_disk_says_no_space_left_and_keeps_the_checkpoint(tmp_path, monke
     assert code == 1
     message = capsys.readouterr().err
     assert f"no space left on the device holding {out.with_name('seed0.tmp')}: free some space and rerun" in message
-    assert (out.with_name("seed0.tmp") / runner.CHECKPOINT_NAME).read_bytes() == b"checkpoint"
+    assert (out.with_name("seed0.tmp") / CHECKPOINT_NAME).read_bytes() == b"checkpoint"

@@ -5,10 +5,10 @@ import torch
 
 from diffprune.adaptive import AdaptiveDiffPruning
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
-from diffprune.models import build_tiny_random_model
 from diffprune.seeding import (BATCH_ORDER_OFFSET, GROUP_NOISE_STRIDE, STREAMS, derive_seeds, generator_seed,
-                                stream_seed)
+                               stream_seed)
 from diffprune.tasks import get_task
+from diffprune.tiny_models import build_tiny_random_model
 
 
 def test_each_stream_is_its_own_seed_sequence_child():

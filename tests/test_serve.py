@@ -9,9 +9,8 @@ import torch
 from diffprune import serve
 from diffprune.models import load_pretrained
 from diffprune.projection import FixedMaskModel
-from diffprune.runner import task_label_set
 from diffprune.storage import save_diff
-from diffprune.tasks import get_task
+from diffprune.tasks import get_task, task_label_set
 
 
 def _config(tmp_path):

@@ -23,5 +23,14 @@ def get_task(name: str) -> Task:
     raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(TASK_NAMES)}")
 
 
-__all__ = ["TASK_NAMES", "get_task", "Task", "TaskData", "EvalSet", "FeatureDataset", "PaddingCollator",
-           "DataUnavailableError", "GlueTask", "SquadTask"]
+def task_label_set(task: Task) -> list[str] | None:
+    """The classes a task's head predicts, in output order (None for regression and QA); a
+    stored diff records them so that evaluating it against another label set is refused."""
+    if task.kind != "classification":
+        return None
+    names = getattr(getattr(task, "spec", None), "label_names", None)
+    return [str(name) for name in names] if names else [str(i) for i in range(task.num_labels)]
+
+
+__all__ = ["TASK_NAMES", "get_task", "task_label_set", "Task", "TaskData", "EvalSet", "FeatureDataset",
+           "PaddingCollator", "DataUnavailableError", "GlueTask", "SquadTask"]

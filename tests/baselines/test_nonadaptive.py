@@ -4,8 +4,8 @@ that file evaluates like the trained model."""
 import torch
 
 from baselines.full_finetuning import FullFinetuning
+from diffprune.handover import float_buffers, head_state
 from diffprune.projection import FixedMaskFinetuning
-from diffprune.runner import float_buffers, head_state
 from diffprune.storage import load_dense_diff, save_dense_diff
 from tests.tiny_convnet import HEAD_PATTERN, assert_fresh_base_reproduces, pretrained_convnet, task_batch, train_steps
 

@@ -146,7 +146,7 @@ def fixture_glue_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from diffprune.models import build_tiny_tokenizer
+    from diffprune.tiny_models import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffprune.tasks import DataUnavailableError, get_task
+from diffprune.tasks import DataUnavailableError, get_task, task_label_set
 from diffprune.tasks import data as data_module
 
 from .conftest import GLUE_ROWS, QQP_MALFORMED_TRAIN_LINES
@@ -256,3 +256,10 @@ def test_a_split_with_only_a_header_is_refused_before_training(fixture_glue_dir,
     dev.write_text("sentence\tlabel\n")
     with pytest.raises(ValueError, match=f"{dev} holds no data rows: the file is truncated or empty; restore it"):
         get_task("sst2").load(tiny_tokenizer, {"glue_dir": str(fixture_glue_dir)}, max_seq_length=32)
+
+
+def test_the_label_set_a_stored_diff_records():
+    assert task_label_set(get_task("rte")) == ["entailment", "not_entailment"]
+    assert task_label_set(get_task("mnli")) == ["entailment", "neutral", "contradiction"]
+    assert task_label_set(get_task("sst2")) == ["0", "1"]  # numeric labels: their indices
+    assert task_label_set(get_task("stsb")) is None and task_label_set(get_task("squad")) is None
