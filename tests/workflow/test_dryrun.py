@@ -15,7 +15,7 @@ from diffprune.registry import METHODS
 
 import shutil
 
-from workflow_helpers import REPO, job_counts, snakemake_env
+from workflow_helpers import REPO, job_counts, make_test_data, snakemake_env
 from workflow_helpers import run_snakemake as run_in
 
 pytestmark = pytest.mark.slow
@@ -30,8 +30,9 @@ def pristine(tmp_path_factory):
     global PRISTINE
     root = tmp_path_factory.mktemp("pristine")
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
-    for folder in ("workflow", "config", ".test/config", ".test/data"):
+    for folder in ("workflow", "config", ".test/config"):
         shutil.copytree(REPO / folder, root / folder)
+    make_test_data(root / ".test" / "data")
     PRISTINE = root
     yield root
     PRISTINE = None

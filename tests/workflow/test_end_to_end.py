@@ -26,7 +26,8 @@ import pytest
 import yaml
 
 from diffprune import datahash, settings
-from workflow_helpers import REPO, SNAKEMAKE, job_counts, run_snakemake, snakemake_env
+
+from workflow_helpers import REPO, SNAKEMAKE, job_counts, make_test_data, run_snakemake, snakemake_env
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +42,8 @@ def workdir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("e2e")
     shutil.copy(REPO / "Snakefile", root / "Snakefile")
     shutil.copytree(REPO / "workflow", root / "workflow")
-    for part in ("config", "data"):  # not the results of a .test run made in this checkout
-        shutil.copytree(REPO / TEST_DIR / part, root / TEST_DIR / part)
+    shutil.copytree(REPO / TEST_DIR / "config", root / TEST_DIR / "config")
+    make_test_data(root / TEST_DIR / "data")  # generated, never committed (.test/make_data.py)
     return root
 
 

@@ -45,3 +45,13 @@ def job_counts(output: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def make_test_data(out_dir: Path) -> None:
+    """The .test run set's tiny data, written by .test/make_data.py (generated, not committed)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_run_set_data", REPO / ".test" / "make_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_data(out_dir)
