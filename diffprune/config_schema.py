@@ -249,7 +249,7 @@ def _range_text(spec: dict) -> str:
     return ", ".join(parts)
 
 
-def _option_line(name: str, spec: dict) -> str:
+def option_line(name: str, spec: dict) -> str:
     extra = _range_text(spec)
     return (f"`{name}` ({_default_text(spec.get('default'))}{'; ' + extra if extra else ''}): "
             f"{spec.get('description', '')}")
@@ -260,7 +260,7 @@ def render_docs() -> str:
     lines = [DOC_BEGIN, "", "### Training settings", "",
              "Keys of `training`, `models.<M>.training`, `task_training.<T>`, `methods.<K>.training` and "
              "`methods.<K>.task_training.<T>` (default; range):", ""]
-    lines += [f"- {_option_line(k, spec)}" for k, spec in training_properties().items()]
+    lines += [f"- {option_line(k, spec)}" for k, spec in training_properties().items()]
     lines += ["", "### Method options", "",
               "The keys of a `methods:` entry besides `method`, `tasks`, `rates`, `task_rates`, `task_seeds`, "
               "`training` and `task_training` (default; range):", ""]
@@ -268,7 +268,7 @@ def render_docs() -> str:
         options = declared.get("properties") or {}
         lines.append(f"- `{method}`: {declared.get('description', '')}."
                      + ("" if options else " No options."))
-        lines += [f"  - {_option_line(k, spec)}" for k, spec in options.items()]
+        lines += [f"  - {option_line(k, spec)}" for k, spec in options.items()]
     return "\n".join(lines + ["", DOC_END])
 
 
