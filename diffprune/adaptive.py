@@ -49,7 +49,8 @@ class AdaptiveDiffPruning(Method):
     class Options:
         # The DiffPruningConfig fields but head_pattern (the config's, not a method option),
         # with the paper's defaults (section 4.3) as that class declares them.
-        structured: bool = option(_PAPER.structured, "add one gate per weight matrix / bias vector (the paper's groups)")
+        structured: bool = option(_PAPER.structured,
+                                  "add one gate per weight matrix / bias vector (the paper's groups)")
         l0_lambda: float = option(_PAPER.l0_lambda, "weight of the expected-L0 penalty", ge=0)
         alpha_init: float = option(_PAPER.alpha_init, "initial gate log-odds (5 keeps the gates open at the start)")
         left: float = option(_PAPER.left, "l < 0, lower end of the Hard-Concrete stretch interval", lt=0)

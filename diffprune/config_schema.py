@@ -265,7 +265,8 @@ def documented_section(text: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="print or write the docs generated from the config schema and the method options")
+    parser = argparse.ArgumentParser(
+        description="print or write the docs generated from the config schema and the method options")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the generated section of {ARCHITECTURE_DOC.name}")
     args = parser.parse_args(argv)
     generated = render_docs()
