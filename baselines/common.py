@@ -93,12 +93,6 @@ def save_task_state(model: nn.Module, tensors: dict[str, torch.Tensor], out_dir,
     return save_tensors({**tensors, **buffers}, out_dir, file_name, task_buffers=sorted(buffers), **metadata)
 
 
-def check_positive_int(method: str, option: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"method {method!r}: option {option!r} must be a positive integer, got {value!r}")
-    return value
-
-
 def check_learning_rate(method: str, option: str, value) -> float | None:
     """None (use the run's training learning rate) or a positive number."""
     if value is None:
