@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffprune.chunked import chunks
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
@@ -25,9 +26,6 @@ from diffprune.seeding import GROUP_NOISE_STRIDE, generator_seed
 _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
 
 
-# Elements per chunk of the gate maths: every temporary of a forward or backward is this
-# size instead of the size of the tensor (the word embeddings alone are ~12M entries).
-CHUNK = 1 << 20
 TRAIN_SAMPLE_DTYPE = torch.float16  # a training step's gate sample
 FIXED_SAMPLE_DTYPE = torch.float32  # the evaluation / export sample
 
@@ -36,9 +34,39 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1)
 
 
-def _chunks(n: int):
-    for start in range(0, n, CHUNK):
-        yield slice(start, min(start + CHUNK, n))
+def _stretched(s_part: torch.Tensor, left: float, right: float):
+    """(scaled, z_bar, z) of an fp32 chunk of the sample: scaled = (r - l) s, z_bar = scaled + l,
+    z = clamp(z_bar, 0, 1); the slope below reuses scaled and z_bar."""
+    scaled = s_part.mul(right - left)
+    z_bar = scaled.add(left)
+    return scaled, z_bar, z_bar.clamp(0.0, 1.0)
+
+
+def _diff_gradient_chunk(grad: torch.Tensor, w: torch.Tensor, s: torch.Tensor, left: float, right: float,
+                         z_group: torch.Tensor | None, out_w: torch.Tensor | None = None,
+                         out_alpha: torch.Tensor | None = None):
+    """(d loss/d w, d loss/d alpha, group part) of one flat chunk, from ``grad`` = d loss/d delta
+    there, w and the step's sample s (any float dtype; the maths is fp32). The group part is
+    sum(grad * w * z_i) (None without a group gate).
+
+    The gate and its slope come from one read of the sample, in as few passes as the maths
+    allows (this is most of the L0 phase's extra time per step): dz/dalpha = (r - l) s (1 - s)
+    = scaled - scaled * s where 0 < z_bar < 1, else 0.
+    """
+    s_part = s.float()
+    scaled, z_bar, z_elem = _stretched(s_part, left, right)
+    g_w = torch.mul(grad, z_elem, out=out_w)
+    g_alpha = torch.mul(grad, w, out=out_alpha)
+    group_part = None
+    if z_group is not None:
+        g_w.mul_(z_group)
+        group_part = torch.dot(g_alpha.float(), z_elem)
+        g_alpha.mul_(z_group)
+    slope = torch.addcmul(scaled, scaled, s_part, value=-1.0)
+    # hardtanh's backward: slope where 0 < z_bar < 1, else 0, in one pass
+    torch.ops.aten.hardtanh_backward.grad_input(slope, z_bar, 0.0, 1.0, grad_input=slope)
+    g_alpha.mul_(slope)
+    return g_w, g_alpha, group_part
 
 
 class _GatedDiff(torch.autograd.Function):
@@ -70,26 +98,11 @@ class _GatedDiff(torch.autograd.Function):
         grad_w_flat, grad_alpha_flat = grad_w.view(-1), grad_alpha.view(-1)
         z_group = model.group_gate(slot.index) if ctx.has_group else None
         group_total = torch.zeros((), dtype=torch.float32, device=w.device)
-        for part in _chunks(s.numel()):
-            # The gate and its slope from one read of the sample, in as few passes as the
-            # maths allows (this loop is most of the L0 phase's extra time per step):
-            # scaled = (r - l) s, z_bar = scaled + l, z = clamp(z_bar, 0, 1), and
-            # dz/dalpha = (r - l) s (1 - s) = scaled - scaled * s where 0 < z_bar < 1, else 0.
-            s_part = s[part].float()
-            scaled = s_part.mul(right - left)
-            z_bar = scaled.add(left)
-            z_elem = z_bar.clamp(0.0, 1.0)
-            g_w = torch.mul(grad_flat[part], z_elem, out=grad_w_flat[part])
-            g_alpha = torch.mul(grad_flat[part], w_flat[part], out=grad_alpha_flat[part])
-            if z_group is not None:
-                g_w.mul_(z_group)
-                # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
-                group_total += torch.dot(g_alpha.float(), z_elem)
-                g_alpha.mul_(z_group)
-            slope = torch.addcmul(scaled, scaled, s_part, value=-1.0)
-            # hardtanh's backward: slope where 0 < z_bar < 1, else 0, in one pass
-            torch.ops.aten.hardtanh_backward.grad_input(slope, z_bar, 0.0, 1.0, grad_input=slope)
-            g_alpha.mul_(slope)
+        for part in chunks(s.numel()):
+            _, _, group_part = _diff_gradient_chunk(grad_flat[part], w_flat[part], s[part], left, right, z_group,
+                                                    out_w=grad_w_flat[part], out_alpha=grad_alpha_flat[part])
+            if group_part is not None:
+                group_total += group_part
         grad_group = None
         if z_group is not None:
             grad_group = torch.zeros_like(model.group_alpha)
@@ -221,8 +234,14 @@ class DiffPrunedModel(ReparametrizedModel):
             out = torch.empty_like(slot.base)
             s, base, w, out_flat = _flat(self.sample_view(slot)), _flat(slot.base), _flat(self.w[slot.index]), out.view(-1)
             z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
-            for part in _chunks(s.numel()):
-                z = stretch(s[part], self.config.left, self.config.right)
+            left, right = self.config.left, self.config.right
+            for part in chunks(s.numel()):
+                if out.dtype == torch.float32:
+                    # z in the output chunk itself, by stretch's operations: no temporaries
+                    # between the activations of the forward (they would fragment the heap)
+                    z = out_flat[part].copy_(s[part]).mul_(right - left).add_(left).clamp_(0.0, 1.0)
+                else:
+                    z = stretch(s[part], left, right)
                 if z_group is not None:
                     z.mul_(z_group)
                 torch.addcmul(base[part], z, w[part], out=out_flat[part])
@@ -255,19 +274,27 @@ class DiffPrunedModel(ReparametrizedModel):
         return self.config.l0_lambda * ExpectedL0.apply(c, self.group_alpha, *(a.detach() for a in self.alpha))
 
     @torch.no_grad()
-    def add_penalty_gradient_(self, index: int, grad: torch.Tensor) -> None:
-        """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after ``penalty(False)``)."""
+    def add_penalty_gradient_(self, index: int, grad: torch.Tensor, part: slice | None = None) -> None:
+        """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after
+        ``penalty(False)``): to alpha's whole gradient, or with ``part`` (a slice of the flat
+        alpha) to the flat gradient of those entries."""
         if not self._penalty_pending:
             raise RuntimeError("add_penalty_gradient_ needs penalty(alpha_gradient=False) first in this step")
+        grad_flat = grad.view(-1)
+        start = 0 if part is None else part.start
+        for sub in chunks(grad_flat.numel()):
+            grad_flat[sub] += self._penalty_gradient(index, slice(start + sub.start, start + sub.stop))
+
+    def _penalty_gradient(self, index: int, part: slice) -> torch.Tensor:
+        """d penalty / d alpha[index] on one flat chunk (a new tensor)."""
         c, scale = self.config.log_ratio, self.config.l0_lambda
         if self.group_alpha is not None:
             scale = self._penalty_group_open[index] * scale
-        alpha_flat, grad_flat = _flat(self.alpha[index].detach()), grad.view(-1)
-        for part in _chunks(alpha_flat.numel()):
-            p = torch.sigmoid(alpha_flat[part] - c)
-            # d sigmoid(a - c)/da = p - p^2; a tensor scale (the group factor) stays on the
-            # device: reading it as a number would wait for the GPU once per tensor
-            grad_flat[part] += torch.addcmul(p, p, p, value=-1.0).mul_(scale)
+        p = torch.sigmoid(_flat(self.alpha[index].detach())[part] - c)
+        # d sigmoid(a - c)/da = p (1 - p), in the operations of ExpectedL0's backward (so every
+        # optimizer gets autograd's bits); a tensor scale (the group factor) stays on the
+        # device: reading it as a number would wait for the GPU once per tensor
+        return p.mul_(1 - p).mul_(scale)
 
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:

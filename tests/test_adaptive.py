@@ -102,6 +102,23 @@ def test_stepping_inside_backward_gives_the_updates_of_the_usual_adamw_step(tiny
             torch.testing.assert_close(sd_b["state"][index][key], value, rtol=1e-6, atol=1e-9)
 
 
+def test_stepping_inside_backward_updates_an_embedding_chunk_by_chunk(tiny_bert, tiny_batch, monkeypatch,
+                                                                     small_in_backward_threshold):
+    """The word embeddings' row-sparse gradients are applied one dense chunk at a time (chunks of
+    100 entries here, across row boundaries), with the penalty's gradient added per chunk: the
+    updates of the usual step, up to rounding."""
+    import diffprune.chunked
+
+    monkeypatch.setattr(diffprune.chunked, "CHUNK", 100)
+    state = tiny_bert.state_dict()
+    usual = {"learning_rate": 1e-2, "max_grad_norm": 0.0, "gradient_accumulation_steps": 2}
+    _, dm_a, _, _ = _train_tiny_bert(state, tiny_batch, usual, False)
+    _, dm_b, opt_b, _ = _train_tiny_bert(state, tiny_batch, {"learning_rate": 1e-2, "max_grad_norm": 0.0}, False)
+    assert dm_b.w[0].numel() > 100 and dm_b.w[0].grad is None
+    for name, p in dm_a.named_parameters():
+        torch.testing.assert_close(dict(dm_b.named_parameters())[name], p, rtol=1e-6, atol=1e-7, msg=name)
+
+
 def test_stepping_inside_backward_resumes_from_its_state_dict(tiny_bert, tiny_batch, small_in_backward_threshold):
     """Three steps in one go equal two steps, a state_dict round trip into a fresh optimizer, one more."""
     training = {"learning_rate": 1e-2, "max_grad_norm": 0.0}
