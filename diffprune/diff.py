@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffprune.chunked import chunks
+from diffprune.chunked import chunks, dense_chunks
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
@@ -44,10 +44,10 @@ def _stretched(s_part: torch.Tensor, left: float, right: float):
 
 def _diff_gradient_chunk(grad: torch.Tensor, w: torch.Tensor, s: torch.Tensor, left: float, right: float,
                          z_group: torch.Tensor | None, out_w: torch.Tensor | None = None,
-                         out_alpha: torch.Tensor | None = None):
+                         out_alpha: torch.Tensor | None = None, group_dot: bool = True):
     """(d loss/d w, d loss/d alpha, group part) of one flat chunk, from ``grad`` = d loss/d delta
     there, w and the step's sample s (any float dtype; the maths is fp32). The group part is
-    sum(grad * w * z_i) (None without a group gate).
+    sum(grad * w * z_i) (None without a group gate, or with ``group_dot=False``).
 
     The gate and its slope come from one read of the sample, in as few passes as the maths
     allows (this is most of the L0 phase's extra time per step): dz/dalpha = (r - l) s (1 - s)
@@ -60,7 +60,8 @@ def _diff_gradient_chunk(grad: torch.Tensor, w: torch.Tensor, s: torch.Tensor, l
     group_part = None
     if z_group is not None:
         g_w.mul_(z_group)
-        group_part = torch.dot(g_alpha.float(), z_elem)
+        if group_dot:
+            group_part = torch.dot(g_alpha.float(), z_elem)
         g_alpha.mul_(z_group)
     slope = torch.addcmul(scaled, scaled, s_part, value=-1.0)
     # hardtanh's backward: slope where 0 < z_bar < 1, else 0, in one pass
@@ -86,6 +87,8 @@ class _GatedDiff(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.model.keeps_delta_grad:
+            return _GatedDiff.delta_backward(ctx, grad)
         if grad.is_sparse:
             return _GatedDiff.sparse_backward(ctx, grad)
         w, alpha = ctx.saved_tensors
@@ -108,6 +111,33 @@ class _GatedDiff(torch.autograd.Function):
             grad_group = torch.zeros_like(model.group_alpha)
             grad_group[slot.index] = group_total * gate_slope(model.group_sample[slot.index], left, right)
         return grad_w, grad_alpha, grad_group, None, None
+
+    @staticmethod
+    def delta_backward(ctx, grad):
+        """Keep d loss / d delta for the optimizer, which forms the gradients of w and alpha from
+        it chunk by chunk at its step (``DiffPrunedModel.keep_delta_grad``): w and alpha get no
+        gradient here. A group gate's gradient is a number per tensor and goes the usual way."""
+        w, _ = ctx.saved_tensors
+        model, slot = ctx.model, ctx.slot
+        model._add_delta_grad(slot, grad)
+        if not ctx.has_group:
+            return None, None, None, None, None
+        left, right = model.config.left, model.config.right
+        # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
+        if grad.is_sparse:
+            grad = grad.coalesce()
+            rows = grad.indices()[0]
+            _, _, z_elem = _stretched(model.sample_view(slot)[rows].float(), left, right)
+            total = torch.dot((grad.values() * w.detach()[rows]).reshape(-1), z_elem.reshape(-1))
+        else:
+            s, grad_flat, w_flat = _flat(model.sample_view(slot)), _flat(grad), _flat(w)
+            total = torch.zeros((), dtype=torch.float32, device=w.device)
+            for part in chunks(s.numel()):
+                _, _, z_elem = _stretched(s[part].float(), left, right)
+                total += torch.dot(torch.mul(grad_flat[part], w_flat[part]).float(), z_elem)
+        grad_group = torch.zeros_like(model.group_alpha)
+        grad_group[slot.index] = total * gate_slope(model.group_sample[slot.index], left, right)
+        return None, None, grad_group, None, None
 
     @staticmethod
     def sparse_backward(ctx, grad):
@@ -178,6 +208,10 @@ class DiffPrunedModel(ReparametrizedModel):
         # Set by penalty(alpha_gradient=False) for add_penalty_gradient_; reset by resample.
         self._penalty_pending = False
         self._penalty_group_open: torch.Tensor | None = None
+        # d loss / d delta, kept by backward instead of the gradients of w and alpha once
+        # ``keep_delta_grad`` is called; only the slots in _delta_grads have one this step.
+        self.keeps_delta_grad = False
+        self._delta_grads: dict[int, torch.Tensor] = {}  # slot index -> this step's (dense or row-sparse)
 
     # -- noise -------------------------------------------------------------------------
     def _draw(self, step: int, seed: int, dtype: torch.dtype) -> None:
@@ -296,6 +330,76 @@ class DiffPrunedModel(ReparametrizedModel):
         # device: reading it as a number would wait for the GPU once per tensor
         return p.mul_(1 - p).mul_(scale)
 
+    def penalty_gradient_applied(self) -> None:
+        """The optimizer has added the pending penalty gradient (``penalty(False)``) to alpha: a
+        later step without a new ``penalty`` call must not add it again."""
+        self._penalty_pending = False
+
+    # -- the gradient of delta, kept instead of those of w and alpha ------------------------
+    def keep_delta_grad(self) -> None:
+        """From now on backward keeps d loss / d delta instead of giving w and alpha their
+        gradients, for an optimizer that forms those chunk by chunk at its step
+        (``diffprune.delta_adamw.DeltaGradAdamW``): both are elementwise in d loss / d delta,
+        the step's sample, w and alpha, so nothing is lost, and one gradient per diffed entry
+        is held instead of two. What is kept is autograd's own gradient of each effective
+        weight, as backward hands it over (no copy; an embedding lookup's stays row-sparse:
+        for word embeddings, half of a BERT's entries, only the batch's rows). Like ``.grad``
+        in full finetuning it exists from backward to the step and is dropped by the
+        optimizer's ``zero_grad``, so the next forward's activations reuse its memory. The
+        group gates' gradients still arrive as ``.grad``."""
+        self.keeps_delta_grad = True
+        self._delta_grads = {}
+
+    def clear_delta_grad(self) -> None:
+        """Drop the kept d loss / d delta (the optimizer's ``zero_grad``)."""
+        self._delta_grads = {}
+
+    @torch.no_grad()
+    def _add_delta_grad(self, slot: Slot, grad: torch.Tensor) -> None:
+        # Never written to in place: autograd may hand the same tensor to other nodes too.
+        grad = grad.coalesce() if grad.is_sparse else grad.contiguous()
+        kept = self._delta_grads.get(slot.index)
+        if kept is None:
+            kept = grad
+        elif kept.is_sparse and grad.is_sparse:  # gradient accumulation
+            kept = (kept + grad).coalesce()
+        elif kept.is_sparse or grad.is_sparse:  # tied weights: a lookup's and a projection's
+            dense, sparse = (grad, kept) if kept.is_sparse else (kept, grad)
+            kept = dense.float().index_add(0, sparse.indices()[0], sparse.values())
+        else:  # a tensor used twice in one forward, or gradient accumulation
+            kept = kept.float() + grad
+        self._delta_grads[slot.index] = kept
+
+    def diff_grads_present(self, slot: Slot) -> tuple[bool, bool]:
+        """Whether w and alpha of ``slot`` have a gradient formed from the kept d loss / d delta
+        (alpha also has the pending penalty's), as ``diff_grad_chunks`` would yield them."""
+        kept = slot.index in self._delta_grads
+        return kept, kept or self._penalty_pending
+
+    @torch.no_grad()
+    def diff_grad_chunks(self, slot: Slot):
+        """(part, d loss/d w, d loss/d alpha) of ``slot`` chunk by chunk (flat slices, new fp32
+        tensors, None where ``diff_grads_present`` says there is none), formed from the kept
+        d loss / d delta by the operations autograd's backward uses: w's is grad * z (* z_g),
+        alpha's grad * w (* z_g) * dz/dalpha, plus the pending penalty gradient. Read before
+        the chunk of w and alpha is updated: alpha's depends on w and on alpha itself."""
+        left, right = self.config.left, self.config.right
+        w_flat = _flat(self.w[slot.index].detach())
+        s = _flat(self.sample_view(slot))
+        kept = self._delta_grads.get(slot.index)
+        parts = list(chunks(slot.numel))
+        dense_parts = dense_chunks(kept, parts) if kept is not None and kept.is_sparse else None
+        z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
+        for i, part in enumerate(parts):
+            g_w = g_alpha = None
+            if kept is not None:
+                g = dense_parts(i) if dense_parts is not None else kept.view(-1)[part]
+                g_w, g_alpha, _ = _diff_gradient_chunk(g, w_flat[part], s[part], left, right, z_group, group_dot=False)
+            if self._penalty_pending:
+                penalty = self._penalty_gradient(slot.index, part)
+                g_alpha = penalty if g_alpha is None else g_alpha.add_(penalty)
+            yield part, g_w, g_alpha
+
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:
         """delta = z * w under the fixed sample, per diffed tensor (exact zeros where z = 0)."""
@@ -313,6 +417,7 @@ class DiffPrunedModel(ReparametrizedModel):
         """As ``ReparametrizedModel.release``, and free this wrapper's O(d) state (w, alpha, sample)."""
         model = super().release()
         self.w, self.alpha, self.group_alpha = nn.ParameterList(), nn.ParameterList(), None
+        self.keeps_delta_grad, self._delta_grads = False, {}
         self.sample = torch.empty(0, dtype=self.sample.dtype, device=self.sample.device)
         return model
 
