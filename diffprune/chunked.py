@@ -11,6 +11,11 @@ from torch.optim.adam import adam
 CHUNK = 1 << 18
 
 
+def flat(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as one flat tensor: a view where it is contiguous."""
+    return t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1)
+
+
 def chunks(n: int):
     """Consecutive slices of ``range(n)``, ``CHUNK`` entries each (the last one shorter)."""
     for start in range(0, n, CHUNK):

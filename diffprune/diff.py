@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffprune.chunked import chunks, dense_chunks
+from diffprune.chunked import chunks, dense_chunks, flat
 from diffprune.diff_pruning_config import DiffPruningConfig
-from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
+from diffprune.gated_diff import GatedDiff, diff_gradient_chunk
+from diffprune.gates import ExpectedL0, draw_gate_sample_, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
 from diffprune.seeding import GROUP_NOISE_STRIDE, generator_seed
 
@@ -28,151 +29,6 @@ _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export 
 
 TRAIN_SAMPLE_DTYPE = torch.float16  # a training step's gate sample
 FIXED_SAMPLE_DTYPE = torch.float32  # the evaluation / export sample
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1)
-
-
-def _stretched(s_part: torch.Tensor, left: float, right: float):
-    """(scaled, z_bar, z) of an fp32 chunk of the sample: scaled = (r - l) s, z_bar = scaled + l,
-    z = clamp(z_bar, 0, 1); the slope below reuses scaled and z_bar."""
-    scaled = s_part.mul(right - left)
-    z_bar = scaled.add(left)
-    return scaled, z_bar, z_bar.clamp(0.0, 1.0)
-
-
-def _diff_gradient_chunk(grad: torch.Tensor, w: torch.Tensor, s: torch.Tensor, left: float, right: float,
-                         z_group: torch.Tensor | None, out_w: torch.Tensor | None = None,
-                         out_alpha: torch.Tensor | None = None, group_dot: bool = True):
-    """(d loss/d w, d loss/d alpha, group part) of one flat chunk, from ``grad`` = d loss/d delta
-    there, w and the step's sample s (any float dtype; the maths is fp32). The group part is
-    sum(grad * w * z_i) (None without a group gate, or with ``group_dot=False``).
-
-    The gate and its slope come from one read of the sample, in as few passes as the maths
-    allows (this is most of the L0 phase's extra time per step): dz/dalpha = (r - l) s (1 - s)
-    = scaled - scaled * s where 0 < z_bar < 1, else 0.
-    """
-    s_part = s.float()
-    scaled, z_bar, z_elem = _stretched(s_part, left, right)
-    g_w = torch.mul(grad, z_elem, out=out_w)
-    g_alpha = torch.mul(grad, w, out=out_alpha)
-    group_part = None
-    if z_group is not None:
-        g_w.mul_(z_group)
-        if group_dot:
-            group_part = torch.dot(g_alpha.float(), z_elem)
-        g_alpha.mul_(z_group)
-    slope = torch.addcmul(scaled, scaled, s_part, value=-1.0)
-    # hardtanh's backward: slope where 0 < z_bar < 1, else 0, in one pass
-    torch.ops.aten.hardtanh_backward.grad_input(slope, z_bar, 0.0, 1.0, grad_input=slope)
-    g_alpha.mul_(slope)
-    return g_w, g_alpha, group_part
-
-
-class _GatedDiff(torch.autograd.Function):
-    """theta_0 + z(s) * w for one tensor; backward recomputes z from the step's sample s.
-
-    Saves only references to existing tensors (w, alpha), and works chunk by chunk, so a
-    step adds no tensor-sized intermediate to memory beyond the per-step sample buffer and
-    the gradients themselves.
-    """
-
-    @staticmethod
-    def forward(ctx, w, alpha, group_alpha, model: "DiffPrunedModel", slot: Slot):
-        ctx.model, ctx.slot = model, slot
-        ctx.save_for_backward(w, alpha)
-        ctx.has_group = group_alpha is not None
-        return model.rebuild(slot)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.model.keeps_delta_grad:
-            return _GatedDiff.delta_backward(ctx, grad)
-        if grad.is_sparse:
-            return _GatedDiff.sparse_backward(ctx, grad)
-        w, alpha = ctx.saved_tensors
-        model, slot = ctx.model, ctx.slot
-        left, right = model.config.left, model.config.right
-        s = _flat(model.sample_view(slot))
-        grad_flat, w_flat = _flat(grad), _flat(w)
-        grad_w = torch.empty_like(w)
-        grad_alpha = torch.empty_like(alpha)
-        grad_w_flat, grad_alpha_flat = grad_w.view(-1), grad_alpha.view(-1)
-        z_group = model.group_gate(slot.index) if ctx.has_group else None
-        group_total = torch.zeros((), dtype=torch.float32, device=w.device)
-        for part in chunks(s.numel()):
-            _, _, group_part = _diff_gradient_chunk(grad_flat[part], w_flat[part], s[part], left, right, z_group,
-                                                    out_w=grad_w_flat[part], out_alpha=grad_alpha_flat[part])
-            if group_part is not None:
-                group_total += group_part
-        grad_group = None
-        if z_group is not None:
-            grad_group = torch.zeros_like(model.group_alpha)
-            grad_group[slot.index] = group_total * gate_slope(model.group_sample[slot.index], left, right)
-        return grad_w, grad_alpha, grad_group, None, None
-
-    @staticmethod
-    def delta_backward(ctx, grad):
-        """Keep d loss / d delta for the optimizer, which forms the gradients of w and alpha from
-        it chunk by chunk at its step (``DiffPrunedModel.keep_delta_grad``): w and alpha get no
-        gradient here. A group gate's gradient is a number per tensor and goes the usual way."""
-        w, _ = ctx.saved_tensors
-        model, slot = ctx.model, ctx.slot
-        model._add_delta_grad(slot, grad)
-        if not ctx.has_group:
-            return None, None, None, None, None
-        left, right = model.config.left, model.config.right
-        # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
-        if grad.is_sparse:
-            grad = grad.coalesce()
-            rows = grad.indices()[0]
-            _, _, z_elem = _stretched(model.sample_view(slot)[rows].float(), left, right)
-            total = torch.dot((grad.values() * w.detach()[rows]).reshape(-1), z_elem.reshape(-1))
-        else:
-            s, grad_flat, w_flat = _flat(model.sample_view(slot)), _flat(grad), _flat(w)
-            total = torch.zeros((), dtype=torch.float32, device=w.device)
-            for part in chunks(s.numel()):
-                _, _, z_elem = _stretched(s[part].float(), left, right)
-                total += torch.dot(torch.mul(grad_flat[part], w_flat[part]).float(), z_elem)
-        grad_group = torch.zeros_like(model.group_alpha)
-        grad_group[slot.index] = total * gate_slope(model.group_sample[slot.index], left, right)
-        return None, None, grad_group, None, None
-
-    @staticmethod
-    def sparse_backward(ctx, grad):
-        """The same gradients from a row-sparse one (an embedding lookup's): only its rows."""
-        w, alpha = ctx.saved_tensors
-        model, slot = ctx.model, ctx.slot
-        left, right = model.config.left, model.config.right
-        grad = grad.coalesce()
-        rows, values = grad.indices()[0], grad.values()
-        s = model.sample_view(slot)[rows]
-        z_elem = stretch(s, left, right)
-        g_w = values * z_elem
-        g_alpha = values * w.detach()[rows]
-        grad_group = None
-        if ctx.has_group:
-            z_group = model.group_gate(slot.index)
-            g_w.mul_(z_group)
-            grad_group = torch.zeros_like(model.group_alpha)
-            grad_group[slot.index] = torch.dot(g_alpha.reshape(-1), z_elem.reshape(-1)) * gate_slope(
-                model.group_sample[slot.index], left, right)
-            g_alpha.mul_(z_group)
-        g_alpha.mul_(gate_slope(s, left, right))
-        if model.row_sparse_diff_grads:
-            # The rows are unique (coalesced above): hand the gradients on row-sparse; the
-            # optimizer densifies them one tensor at a time (w's, then alpha's), so the two
-            # vocabulary-sized dense gradients never exist together.
-            index = rows.unsqueeze(0)
-            return (torch.sparse_coo_tensor(index, g_w, w.shape, is_coalesced=True, check_invariants=False),
-                    torch.sparse_coo_tensor(index, g_alpha, alpha.shape, is_coalesced=True, check_invariants=False),
-                    grad_group, None, None)
-        grad_w = torch.zeros_like(w)
-        grad_alpha = torch.zeros_like(alpha)
-        grad_w.index_put_((rows,), g_w, accumulate=True)
-        grad_alpha.index_put_((rows,), g_alpha, accumulate=True)
-        return grad_w, grad_alpha, grad_group, None, None
 
 
 class DiffPrunedModel(ReparametrizedModel):
@@ -254,19 +110,24 @@ class DiffPrunedModel(ReparametrizedModel):
         return stretch(self.group_sample[index], self.config.left, self.config.right)
 
     # -- effective weights -------------------------------------------------------------
-    def effective(self, slot: Slot) -> torch.Tensor:
+    def _choose_sample(self) -> None:
+        # A training forward with gradients uses the step's sample; evaluation (or a forward
+        # before any resample) the fixed one.
         if self._sample_key is None or not (self.training and torch.is_grad_enabled()):
             if not self.training or self._sample_key is None:
                 self.use_fixed_sample()
+
+    def effective(self, slot: Slot) -> torch.Tensor:
+        self._choose_sample()
         if torch.is_grad_enabled():
-            return _GatedDiff.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, self, slot)
+            return GatedDiff.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, self, slot)
         return self.rebuild(slot)
 
     def rebuild(self, slot: Slot) -> torch.Tensor:
         """theta_0 + z * w of one slot, built chunk by chunk (no tensor-sized temporaries)."""
         with torch.no_grad():
             out = torch.empty_like(slot.base)
-            s, base, w, out_flat = _flat(self.sample_view(slot)), _flat(slot.base), _flat(self.w[slot.index]), out.view(-1)
+            s, base, w, out_flat = flat(self.sample_view(slot)), flat(slot.base), flat(self.w[slot.index]), out.view(-1)
             z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
             left, right = self.config.left, self.config.right
             for part in chunks(s.numel()):
@@ -324,7 +185,7 @@ class DiffPrunedModel(ReparametrizedModel):
         c, scale = self.config.log_ratio, self.config.l0_lambda
         if self.group_alpha is not None:
             scale = self._penalty_group_open[index] * scale
-        p = torch.sigmoid(_flat(self.alpha[index].detach())[part] - c)
+        p = torch.sigmoid(flat(self.alpha[index].detach())[part] - c)
         # d sigmoid(a - c)/da = p (1 - p), in the operations of ExpectedL0's backward (so every
         # optimizer gets autograd's bits); a tensor scale (the group factor) stays on the
         # device: reading it as a number would wait for the GPU once per tensor
@@ -384,8 +245,8 @@ class DiffPrunedModel(ReparametrizedModel):
         alpha's grad * w (* z_g) * dz/dalpha, plus the pending penalty gradient. Read before
         the chunk of w and alpha is updated: alpha's depends on w and on alpha itself."""
         left, right = self.config.left, self.config.right
-        w_flat = _flat(self.w[slot.index].detach())
-        s = _flat(self.sample_view(slot))
+        w_flat = flat(self.w[slot.index].detach())
+        s = flat(self.sample_view(slot))
         kept = self._delta_grads.get(slot.index)
         parts = list(chunks(slot.numel))
         dense_parts = dense_chunks(kept, parts) if kept is not None and kept.is_sparse else None
@@ -394,7 +255,7 @@ class DiffPrunedModel(ReparametrizedModel):
             g_w = g_alpha = None
             if kept is not None:
                 g = dense_parts(i) if dense_parts is not None else kept.view(-1)[part]
-                g_w, g_alpha, _ = _diff_gradient_chunk(g, w_flat[part], s[part], left, right, z_group, group_dot=False)
+                g_w, g_alpha, _ = diff_gradient_chunk(g, w_flat[part], s[part], left, right, z_group, group_dot=False)
             if self._penalty_pending:
                 penalty = self._penalty_gradient(slot.index, part)
                 g_alpha = penalty if g_alpha is None else g_alpha.add_(penalty)

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
-
 from diffprune.layers import is_head
+from diffprune.model_tensors import task_buffers, unique_parameters
+from diffprune.reparam_modes import ReadProbe
 
 
 @dataclass
@@ -61,77 +60,9 @@ class Slot:
 _RECIPE = "diffprune-effective-weight"
 
 
-def unique_parameters(model: nn.Module) -> list[tuple[str, list[str], nn.Parameter, list[tuple[nn.Module, str]]]]:
-    """(canonical name, all names, parameter, owners) for every unique parameter tensor."""
-    by_id: dict[int, tuple[str, list[str], nn.Parameter, list]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for attr, p in module._parameters.items():
-            if p is None:
-                continue
-            full = f"{module_name}.{attr}" if module_name else attr
-            entry = by_id.setdefault(id(p), (full, [], p, []))
-            if full not in entry[1]:
-                entry[1].append(full)
-            if not any(m is module and a == attr for m, a in entry[3]):
-                entry[3].append((module, attr))
-    order = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
-    return sorted(by_id.values(), key=lambda e: order.get(id(e[2]), len(order)))
-
-
-def task_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's persistent buffers by name: the state besides parameters that training changes.
-
-    BatchNorm's running mean / variance and ``num_batches_tracked`` are persistent; derived
-    constants (position ids, causal masks, rotary frequencies) are registered
-    non-persistent by the libraries that use them, and are not task state.
-    """
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for attr, buffer in module._buffers.items():
-            if buffer is None or attr in module._non_persistent_buffers_set or id(buffer) in seen:
-                continue
-            seen.add(id(buffer))
-            out[f"{module_name}.{attr}" if module_name else attr] = buffer
-    return out
-
-
 def _restore_sparse_flag(module: nn.Module) -> None:
     if hasattr(module, "_diffprune_sparse"):
         module.sparse = module.__dict__.pop("_diffprune_sparse")
-
-
-def _returns_tensor(result) -> bool:
-    return any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(result)[0])
-
-
-class _ReadProbe(TorchFunctionMode):
-    """Records every torch call that computes with a pretrained tensor of a diffed slot.
-
-    While a slot's effective value is in place, the modules that own it hand out that value,
-    so a call that still receives the pretrained tensor computes with theta_0 instead of the
-    effective weight. Metadata queries (``.dtype``, ``.shape``) return no tensor and are not
-    reads.
-    """
-
-    def __init__(self, wrapper: "ReparametrizedModel", module_stack: list[str]) -> None:
-        super().__init__()
-        self.wrapper = wrapper
-        self.module_stack = module_stack
-        self.watched = {id(slot.base): slot.index for slot in wrapper.slots
-                        if not wrapper.is_identity(slot)}
-        self.reads: dict[int, set[str]] = {}  # slot index -> names of the modules that read it
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        if not self.wrapper._building and _returns_tensor(result):
-            for leaf in tree_flatten((args, kwargs))[0]:
-                index = self.watched.get(id(leaf))
-                if index is not None:
-                    reader = self.module_stack[-1] if self.module_stack else None
-                    self.reads.setdefault(index, set()).add(reader)
-        return result
 
 
 class ReparametrizedModel(nn.Module):
@@ -169,7 +100,7 @@ class ReparametrizedModel(nn.Module):
         # slot index -> [effective value, how many hooked modules currently need it]
         self._installed: dict[int, list] = {}
         self._building = False  # True while an effective value is computed (its reads are ours)
-        self._probe: _ReadProbe | None = None
+        self._probe: ReadProbe | None = None
         self._probe_used: set[int] = set()
         self._checked = False  # the first forward checks that every slot's effective value is used
         self._released = False
@@ -345,7 +276,7 @@ class ReparametrizedModel(nn.Module):
         for name, module in self.model.named_modules():
             handles.append(module.register_forward_pre_hook(enter(name)))
             handles.append(module.register_forward_hook(leave, always_call=True))
-        self._probe = _ReadProbe(self, stack)
+        self._probe = ReadProbe(self, stack)
         self._probe_used = set()
         try:
             with self._probe:
