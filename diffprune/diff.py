@@ -19,7 +19,7 @@ from torch import nn
 
 from diffprune.chunked import chunks, dense_chunks, flat
 from diffprune.diff_pruning_config import DiffPruningConfig
-from diffprune.gated_diff import GatedDiff, diff_gradient_chunk
+from diffprune.gated_diff import GatedDiff, GatedRows, diff_gradient_chunk
 from diffprune.gates import ExpectedL0, draw_gate_sample_, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
 from diffprune.seeding import GROUP_NOISE_STRIDE, generator_seed
@@ -123,6 +123,15 @@ class DiffPrunedModel(ReparametrizedModel):
             return GatedDiff.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, self, slot)
         return self.rebuild(slot)
 
+    row_lookups = True
+
+    def effective_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+        self._choose_sample()
+        if torch.is_grad_enabled():
+            return GatedRows.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, ids, self, slot,
+                                   padding_idx, scale_grad_by_freq)
+        return self.rebuild_rows(slot, ids)
+
     def rebuild(self, slot: Slot) -> torch.Tensor:
         """theta_0 + z * w of one slot, built chunk by chunk (no tensor-sized temporaries)."""
         with torch.no_grad():
@@ -141,6 +150,23 @@ class DiffPrunedModel(ReparametrizedModel):
                     z.mul_(z_group)
                 torch.addcmul(base[part], z, w[part], out=out_flat[part])
         return out
+
+    def rebuild_rows(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of ``rebuild(slot)`` (an embedding lookup's result), by the same operations
+        on those rows only, so bit for bit the same values."""
+        with torch.no_grad():
+            flat_ids = ids.reshape(-1)
+            out = torch.empty((flat_ids.numel(), *slot.shape[1:]), dtype=slot.base.dtype, device=slot.base.device)
+            s = self.sample_view(slot).index_select(0, flat_ids)
+            left, right = self.config.left, self.config.right
+            if out.dtype == torch.float32:
+                z = out.copy_(s).mul_(right - left).add_(left).clamp_(0.0, 1.0)
+            else:
+                z = stretch(s, left, right)
+            if self.group_alpha is not None:
+                z.mul_(self.group_gate(slot.index))
+            torch.addcmul(slot.base.index_select(0, flat_ids), z, self.w[slot.index].index_select(0, flat_ids), out=out)
+        return out.view(*ids.shape, *slot.shape[1:])
 
     # -- the penalty and the result ----------------------------------------------------
     def expected_l0(self) -> torch.Tensor:

@@ -80,6 +80,32 @@ class GatedDiff(torch.autograd.Function):
         return (*diff_backward(ctx.model, ctx.slot, w, alpha, ctx.has_group, grad), None, None)
 
 
+class GatedRows(torch.autograd.Function):
+    """Rows ``ids`` of theta_0 + z(s) * w for one tensor: an embedding lookup of the effective
+    weight without building it (``diffprune.reparam_modes.RowLookup``). The values are those
+    rows of ``GatedDiff``'s output bit for bit, and backward passes on the very gradient the
+    lookup of the whole effective weight would have produced (``embedding_backward``: the
+    padding row and ``scale_grad_by_freq`` handled as ``F.embedding`` handles them)."""
+
+    @staticmethod
+    def forward(ctx, w, alpha, group_alpha, ids, model: "DiffPrunedModel", slot: Slot, padding_idx: int,
+                scale_grad_by_freq: bool):
+        ctx.model, ctx.slot = model, slot
+        ctx.padding_idx, ctx.scale_grad_by_freq = padding_idx, scale_grad_by_freq
+        ctx.save_for_backward(w, alpha, ids)
+        ctx.has_group = group_alpha is not None
+        return model.rebuild_rows(slot, ids)
+
+    @staticmethod
+    def backward(ctx, grad):
+        w, alpha, ids = ctx.saved_tensors
+        # row-sparse as the whole weight's lookup gives it (dense with scale_grad_by_freq, which
+        # torch's sparse embedding backward does not support)
+        sparse = not ctx.scale_grad_by_freq
+        grad = torch.ops.aten.embedding_backward(grad, ids, w.shape[0], ctx.padding_idx, ctx.scale_grad_by_freq, sparse)
+        return (*diff_backward(ctx.model, ctx.slot, w, alpha, ctx.has_group, grad), None, None, None, None, None)
+
+
 def diff_backward(model: "DiffPrunedModel", slot: Slot, w: torch.Tensor, alpha: torch.Tensor, has_group: bool,
                   grad: torch.Tensor):
     """(d loss/d w, d loss/d alpha, d loss/d group_alpha) of one slot from ``grad`` = d loss /

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from diffprune.layers import is_head
 from diffprune.model_tensors import task_buffers, unique_parameters
-from diffprune.reparam_modes import ReadProbe
+from diffprune.reparam_modes import ReadProbe, RowLookup
 
 
 @dataclass
@@ -99,6 +99,7 @@ class ReparametrizedModel(nn.Module):
         self._live: dict[int, int] = {}  # storage address of a live effective weight -> slot index
         # slot index -> [effective value, how many hooked modules currently need it]
         self._installed: dict[int, list] = {}
+        self._row_lookups: list[tuple[nn.Module, Slot, RowLookup]] = []  # the ones active now, innermost last
         self._building = False  # True while an effective value is computed (its reads are ours)
         self._probe: ReadProbe | None = None
         self._probe_used: set[int] = set()
@@ -128,6 +129,15 @@ class ReparametrizedModel(nn.Module):
     def rebuild(self, slot: Slot) -> torch.Tensor:
         raise NotImplementedError
 
+    # True if ``effective_rows`` is implemented: an nn.Embedding owner's lookups then read the
+    # rows of the effective weight instead of the whole weight built (``RowLookup``).
+    row_lookups = False
+
+    def effective_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+        """``F.embedding(ids, effective(slot))`` for a lookup without max_norm (``padding_idx`` is
+        -1 for none); its gradient must be the one that lookup would give."""
+        raise NotImplementedError
+
     def is_identity(self, slot: Slot) -> bool:
         """True if the slot's effective value is the pretrained tensor itself (nothing to check)."""
         return False
@@ -136,14 +146,53 @@ class ReparametrizedModel(nn.Module):
     def _hook(self, module: nn.Module, slots: list[Slot]) -> None:
         def pre_hook(module, args):
             for slot in slots:
-                self._install(slot)
+                if self._looks_up_rows(module, slot):
+                    self._start_row_lookup(module, slot)
+                else:
+                    self._install(slot)
 
         def post_hook(module, args, output):
             for slot in slots:
-                self._uninstall(slot)
+                if not self._end_row_lookup(module, slot):
+                    self._uninstall(slot)
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
         self._handles.append(module.register_forward_hook(post_hook, always_call=True))
+
+    def _looks_up_rows(self, module: nn.Module, slot: Slot) -> bool:
+        """Whether ``module`` is an embedding whose weight is ``slot`` and whose lookups can take
+        the effective weight's rows alone (not when another module already installed it whole)."""
+        return (self.row_lookups and isinstance(module, nn.Embedding) and slot.index not in self._installed
+                and module._parameters.get("weight") is slot.base)
+
+    def _start_row_lookup(self, module: nn.Module, slot: Slot) -> None:
+        if self._probe is not None:
+            self._probe_used.add(slot.index)
+        mode = RowLookup(self, slot)
+        mode.__enter__()
+        self._row_lookups.append((module, slot, mode))
+
+    def _end_row_lookup(self, module: nn.Module, slot: Slot) -> bool:
+        """Leave the row lookup ``_start_row_lookup`` began for (module, slot); False if none."""
+        if not self._row_lookups or self._row_lookups[-1][0] is not module or self._row_lookups[-1][1] is not slot:
+            return False
+        mode = self._row_lookups.pop()[2]
+        mode.__exit__(None, None, None)
+        if mode.whole is not None:
+            self._uninstall(slot)
+        return True
+
+    def _lookup_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+        self._building = True
+        try:
+            return self.effective_rows(slot, ids, padding_idx, scale_grad_by_freq)
+        finally:
+            self._building = False
+
+    def _install_whole(self, slot: Slot) -> torch.Tensor:
+        """Install the slot's effective value (as a hooked module's pre-hook does) and return it."""
+        self._install(slot)
+        return self._installed[slot.index][0]
 
     def _install(self, slot: Slot) -> None:
         """Put the slot's effective value into every owner (once, however many modules need it)."""
@@ -166,9 +215,10 @@ class ReparametrizedModel(nn.Module):
         for module, attr in slot.owners:
             module._parameters[attr] = value
             if (value.requires_grad and self.sparse_embedding_grads and isinstance(module, nn.Embedding)
-                    and attr == "weight" and not hasattr(module, "_diffprune_sparse")):
+                    and attr == "weight" and not module.scale_grad_by_freq and not hasattr(module, "_diffprune_sparse")):
                 # Only the looked-up rows get a gradient: ask for it as a sparse tensor
-                # instead of a dense vocabulary-sized one.
+                # instead of a dense vocabulary-sized one (torch has no sparse backward for
+                # scale_grad_by_freq).
                 module._diffprune_sparse = module.sparse
                 module.sparse = True
 
@@ -209,6 +259,8 @@ class ReparametrizedModel(nn.Module):
             with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                 return self.model(*args, **kwargs)
         finally:
+            while self._row_lookups:  # a forward that raised may leave its modes on torch's stack
+                self._row_lookups.pop()[2].__exit__(None, None, None)
             self._live.clear()
             self._installed.clear()
             for slot in self.slots:  # leave the model clean even if forward raised
