@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffprune.delta_adamw import DeltaGradAdamW
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
 from diffprune.method_options import option
@@ -26,14 +27,21 @@ def steps_in_backward_allowed(training: dict, device: torch.device) -> bool:
     global-norm clipping (it needs the norm of every gradient before the first update), nor
     gradient accumulation (several backwards per update), nor an fp16 loss scaler (it skips a
     step after seeing every gradient). A setting not given counts as its default."""
-    from diffprune.device import resolve_precision
     from diffprune.settings import TRAINING_DEFAULTS
 
     def setting(key):
         return training.get(key, TRAINING_DEFAULTS[key])
 
     return (float(setting("max_grad_norm")) == 0 and int(setting("gradient_accumulation_steps")) == 1
-            and resolve_precision(setting("precision"), device) != "fp16")
+            and not uses_loss_scaler(training, device))
+
+
+def uses_loss_scaler(training: dict, device: torch.device) -> bool:
+    """Whether a run with these settings trains with an fp16 loss scaler (as the runner does for fp16)."""
+    from diffprune.device import resolve_precision
+    from diffprune.settings import TRAINING_DEFAULTS
+
+    return resolve_precision(training.get("precision", TRAINING_DEFAULTS["precision"]), device) == "fp16"
 
 
 _PAPER = DiffPruningConfig()  # the paper's hyperparameters: the defaults of the options below
@@ -69,6 +77,7 @@ class AdaptiveDiffPruning(Method):
         self.model: DiffPrunedModel | None = None
         self.gate_noise_seed: int | None = None
         self.steps_in_backward = False  # set by make_optimizer
+        self.optimizer_adds_penalty_gradient = False  # set by make_optimizer
 
     def use_run_seeds(self, seeds: RunSeeds) -> RunSeeds:
         if self.options["mask_seed"] is None:
@@ -100,25 +109,33 @@ class AdaptiveDiffPruning(Method):
         return out
 
     def make_optimizer(self, model: DiffPrunedModel, training: dict) -> torch.optim.Optimizer:
-        """AdamW on w, alpha (and the head), the paper's optimizer. Where nothing needs every
-        gradient before the first update (no global-norm clipping, one micro-batch per step, no
-        fp16 loss scaler), it steps each tensor inside backward (``AdamWInBackward``): the
-        same updates without holding the gradients of w and alpha, two d-sized buffers."""
+        """AdamW on w, alpha (and the head), the paper's optimizer, in the form that holds the
+        fewest d-sized gradient buffers the settings allow. Where nothing needs every gradient
+        before the first update (no global-norm clipping, one micro-batch per step, no fp16
+        loss scaler), it steps each tensor inside backward (``AdamWInBackward``) and holds
+        none. Otherwise, short of an fp16 loss scaler, backward keeps only d loss / d delta and
+        the step forms the gradients of w and alpha from it (``DeltaGradAdamW``): one buffer
+        instead of two. With a loss scaler it is plain AdamW on materialised gradients."""
         groups = self.parameter_groups(model, training)
         lr = float(training["learning_rate"])
         self.steps_in_backward = steps_in_backward_allowed(training, model.sample.device)
         model.row_sparse_diff_grads = self.steps_in_backward
-        if not self.steps_in_backward:
-            return adamw(groups, lr=lr)
-        hooks = {alpha: partial(model.add_penalty_gradient_, index) for index, alpha in enumerate(model.alpha)}
-        return AdamWInBackward(groups, lr=lr, gradient_hooks=hooks)
+        if self.steps_in_backward:
+            self.optimizer_adds_penalty_gradient = True
+            hooks = {alpha: partial(model.add_penalty_gradient_, index) for index, alpha in enumerate(model.alpha)}
+            return AdamWInBackward(groups, lr=lr, gradient_hooks=hooks)
+        self.optimizer_adds_penalty_gradient = not uses_loss_scaler(training, model.sample.device)
+        if self.optimizer_adds_penalty_gradient:
+            return DeltaGradAdamW(groups, lr=lr, model=model)
+        return adamw(groups, lr=lr)
 
     def begin_step(self, model: DiffPrunedModel, step: int) -> None:
         model.resample(step)
 
     def penalty(self, model: DiffPrunedModel) -> torch.Tensor:
-        # Stepping in backward, alpha's penalty gradient is added by the optimizer's hook.
-        return model.penalty(alpha_gradient=not self.steps_in_backward)
+        # AdamWInBackward (in its hook) and DeltaGradAdamW (as it forms alpha's gradient) add
+        # the penalty's gradient on alpha themselves: autograd would build it d-sized.
+        return model.penalty(alpha_gradient=not self.optimizer_adds_penalty_gradient)
 
     def new_parameter_count(self, model: DiffPrunedModel) -> int:
         # Before projection the task stores the nonzeros of z * w (+ the head).

@@ -14,7 +14,7 @@ from torch import nn
 
 from diffprune import packed
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
-from diffprune.reparam import task_buffers, unique_parameters
+from diffprune.model_tensors import task_buffers, unique_parameters
 from diffprune.safetensors_file import first_difference
 from diffprune.storage import (CHECKSUM_KEY, BaseModelMismatch, DiffFileError, SparseDiff, _diffed_tensors,
                                fingerprint, payload_sha256)

@@ -201,6 +201,7 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     times, peak, optimizer = bench.measure(l0, module, learning_rate=1e-3)
     results["l0"] = (times, peak)
     l0_in_backward = steps_in_backward(optimizer)
+    l0_optimizer = type(optimizer).__name__
     release_optimizer(optimizer)
     del optimizer
 
@@ -222,6 +223,7 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
         "model": bench.model_id, "device": str(bench.device), "precision": bench.precision,
         "threads": torch.get_num_threads(), "batch": batch, "seq": seq, "steps": steps, "rate": rate,
         "max_grad_norm": max_grad_norm, "structured": structured, "l0_steps_in_backward": l0_in_backward,
+        "l0_optimizer": l0_optimizer,
         "nonzeros": fixed.nonzeros, "diffed_params": fixed.diffed_params,
     }
     for phase, (times, peak) in results.items():

@@ -17,119 +17,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from diffprune.chunked import chunks, dense_chunks, flat
 from diffprune.diff_pruning_config import DiffPruningConfig
-from diffprune.gates import ExpectedL0, draw_gate_sample_, gate_slope, logistic_s_, stretch
+from diffprune.gated_diff import GatedDiff, GatedRows, diff_gradient_chunk
+from diffprune.gates import ExpectedL0, draw_gate_sample_, logistic_s_, stretch
 from diffprune.reparam import ReparametrizedModel, Slot
 from diffprune.seeding import GROUP_NOISE_STRIDE, generator_seed
 
 _FIXED_SAMPLE_STEP = -1  # the step number reserved for the evaluation / export sample
 
 
-# Elements per chunk of the gate maths: every temporary of a forward or backward is this
-# size instead of the size of the tensor (the word embeddings alone are ~12M entries).
-CHUNK = 1 << 20
 TRAIN_SAMPLE_DTYPE = torch.float16  # a training step's gate sample
 FIXED_SAMPLE_DTYPE = torch.float32  # the evaluation / export sample
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1)
-
-
-def _chunks(n: int):
-    for start in range(0, n, CHUNK):
-        yield slice(start, min(start + CHUNK, n))
-
-
-class _GatedDiff(torch.autograd.Function):
-    """theta_0 + z(s) * w for one tensor; backward recomputes z from the step's sample s.
-
-    Saves only references to existing tensors (w, alpha), and works chunk by chunk, so a
-    step adds no tensor-sized intermediate to memory beyond the per-step sample buffer and
-    the gradients themselves.
-    """
-
-    @staticmethod
-    def forward(ctx, w, alpha, group_alpha, model: "DiffPrunedModel", slot: Slot):
-        ctx.model, ctx.slot = model, slot
-        ctx.save_for_backward(w, alpha)
-        ctx.has_group = group_alpha is not None
-        return model.rebuild(slot)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if grad.is_sparse:
-            return _GatedDiff.sparse_backward(ctx, grad)
-        w, alpha = ctx.saved_tensors
-        model, slot = ctx.model, ctx.slot
-        left, right = model.config.left, model.config.right
-        s = _flat(model.sample_view(slot))
-        grad_flat, w_flat = _flat(grad), _flat(w)
-        grad_w = torch.empty_like(w)
-        grad_alpha = torch.empty_like(alpha)
-        grad_w_flat, grad_alpha_flat = grad_w.view(-1), grad_alpha.view(-1)
-        z_group = model.group_gate(slot.index) if ctx.has_group else None
-        group_total = torch.zeros((), dtype=torch.float32, device=w.device)
-        for part in _chunks(s.numel()):
-            # The gate and its slope from one read of the sample, in as few passes as the
-            # maths allows (this loop is most of the L0 phase's extra time per step):
-            # scaled = (r - l) s, z_bar = scaled + l, z = clamp(z_bar, 0, 1), and
-            # dz/dalpha = (r - l) s (1 - s) = scaled - scaled * s where 0 < z_bar < 1, else 0.
-            s_part = s[part].float()
-            scaled = s_part.mul(right - left)
-            z_bar = scaled.add(left)
-            z_elem = z_bar.clamp(0.0, 1.0)
-            g_w = torch.mul(grad_flat[part], z_elem, out=grad_w_flat[part])
-            g_alpha = torch.mul(grad_flat[part], w_flat[part], out=grad_alpha_flat[part])
-            if z_group is not None:
-                g_w.mul_(z_group)
-                # d/d alpha_g of sum(grad * w * z_i * z_g) = sum(grad * w * z_i) * dz_g/d alpha_g
-                group_total += torch.dot(g_alpha.float(), z_elem)
-                g_alpha.mul_(z_group)
-            slope = torch.addcmul(scaled, scaled, s_part, value=-1.0)
-            # hardtanh's backward: slope where 0 < z_bar < 1, else 0, in one pass
-            torch.ops.aten.hardtanh_backward.grad_input(slope, z_bar, 0.0, 1.0, grad_input=slope)
-            g_alpha.mul_(slope)
-        grad_group = None
-        if z_group is not None:
-            grad_group = torch.zeros_like(model.group_alpha)
-            grad_group[slot.index] = group_total * gate_slope(model.group_sample[slot.index], left, right)
-        return grad_w, grad_alpha, grad_group, None, None
-
-    @staticmethod
-    def sparse_backward(ctx, grad):
-        """The same gradients from a row-sparse one (an embedding lookup's): only its rows."""
-        w, alpha = ctx.saved_tensors
-        model, slot = ctx.model, ctx.slot
-        left, right = model.config.left, model.config.right
-        grad = grad.coalesce()
-        rows, values = grad.indices()[0], grad.values()
-        s = model.sample_view(slot)[rows]
-        z_elem = stretch(s, left, right)
-        g_w = values * z_elem
-        g_alpha = values * w.detach()[rows]
-        grad_group = None
-        if ctx.has_group:
-            z_group = model.group_gate(slot.index)
-            g_w.mul_(z_group)
-            grad_group = torch.zeros_like(model.group_alpha)
-            grad_group[slot.index] = torch.dot(g_alpha.reshape(-1), z_elem.reshape(-1)) * gate_slope(
-                model.group_sample[slot.index], left, right)
-            g_alpha.mul_(z_group)
-        g_alpha.mul_(gate_slope(s, left, right))
-        if model.row_sparse_diff_grads:
-            # The rows are unique (coalesced above): hand the gradients on row-sparse; the
-            # optimizer densifies them one tensor at a time (w's, then alpha's), so the two
-            # vocabulary-sized dense gradients never exist together.
-            index = rows.unsqueeze(0)
-            return (torch.sparse_coo_tensor(index, g_w, w.shape, is_coalesced=True, check_invariants=False),
-                    torch.sparse_coo_tensor(index, g_alpha, alpha.shape, is_coalesced=True, check_invariants=False),
-                    grad_group, None, None)
-        grad_w = torch.zeros_like(w)
-        grad_alpha = torch.zeros_like(alpha)
-        grad_w.index_put_((rows,), g_w, accumulate=True)
-        grad_alpha.index_put_((rows,), g_alpha, accumulate=True)
-        return grad_w, grad_alpha, grad_group, None, None
 
 
 class DiffPrunedModel(ReparametrizedModel):
@@ -165,6 +64,10 @@ class DiffPrunedModel(ReparametrizedModel):
         # Set by penalty(alpha_gradient=False) for add_penalty_gradient_; reset by resample.
         self._penalty_pending = False
         self._penalty_group_open: torch.Tensor | None = None
+        # d loss / d delta, kept by backward instead of the gradients of w and alpha once
+        # ``keep_delta_grad`` is called; only the slots in _delta_grads have one this step.
+        self.keeps_delta_grad = False
+        self._delta_grads: dict[int, torch.Tensor] = {}  # slot index -> this step's (dense or row-sparse)
 
     # -- noise -------------------------------------------------------------------------
     def _draw(self, step: int, seed: int, dtype: torch.dtype) -> None:
@@ -207,26 +110,63 @@ class DiffPrunedModel(ReparametrizedModel):
         return stretch(self.group_sample[index], self.config.left, self.config.right)
 
     # -- effective weights -------------------------------------------------------------
-    def effective(self, slot: Slot) -> torch.Tensor:
+    def _choose_sample(self) -> None:
+        # A training forward with gradients uses the step's sample; evaluation (or a forward
+        # before any resample) the fixed one.
         if self._sample_key is None or not (self.training and torch.is_grad_enabled()):
             if not self.training or self._sample_key is None:
                 self.use_fixed_sample()
+
+    def effective(self, slot: Slot) -> torch.Tensor:
+        self._choose_sample()
         if torch.is_grad_enabled():
-            return _GatedDiff.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, self, slot)
+            return GatedDiff.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, self, slot)
         return self.rebuild(slot)
+
+    row_lookups = True
+
+    def effective_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+        self._choose_sample()
+        if torch.is_grad_enabled():
+            return GatedRows.apply(self.w[slot.index], self.alpha[slot.index], self.group_alpha, ids, self, slot,
+                                   padding_idx, scale_grad_by_freq)
+        return self.rebuild_rows(slot, ids)
 
     def rebuild(self, slot: Slot) -> torch.Tensor:
         """theta_0 + z * w of one slot, built chunk by chunk (no tensor-sized temporaries)."""
         with torch.no_grad():
             out = torch.empty_like(slot.base)
-            s, base, w, out_flat = _flat(self.sample_view(slot)), _flat(slot.base), _flat(self.w[slot.index]), out.view(-1)
+            s, base, w, out_flat = flat(self.sample_view(slot)), flat(slot.base), flat(self.w[slot.index]), out.view(-1)
             z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
-            for part in _chunks(s.numel()):
-                z = stretch(s[part], self.config.left, self.config.right)
+            left, right = self.config.left, self.config.right
+            for part in chunks(s.numel()):
+                if out.dtype == torch.float32:
+                    # z in the output chunk itself, by stretch's operations: no temporaries
+                    # between the activations of the forward (they would fragment the heap)
+                    z = out_flat[part].copy_(s[part]).mul_(right - left).add_(left).clamp_(0.0, 1.0)
+                else:
+                    z = stretch(s[part], left, right)
                 if z_group is not None:
                     z.mul_(z_group)
                 torch.addcmul(base[part], z, w[part], out=out_flat[part])
         return out
+
+    def rebuild_rows(self, slot: Slot, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` of ``rebuild(slot)`` (an embedding lookup's result), by the same operations
+        on those rows only, so bit for bit the same values."""
+        with torch.no_grad():
+            flat_ids = ids.reshape(-1)
+            out = torch.empty((flat_ids.numel(), *slot.shape[1:]), dtype=slot.base.dtype, device=slot.base.device)
+            s = self.sample_view(slot).index_select(0, flat_ids)
+            left, right = self.config.left, self.config.right
+            if out.dtype == torch.float32:
+                z = out.copy_(s).mul_(right - left).add_(left).clamp_(0.0, 1.0)
+            else:
+                z = stretch(s, left, right)
+            if self.group_alpha is not None:
+                z.mul_(self.group_gate(slot.index))
+            torch.addcmul(slot.base.index_select(0, flat_ids), z, self.w[slot.index].index_select(0, flat_ids), out=out)
+        return out.view(*ids.shape, *slot.shape[1:])
 
     # -- the penalty and the result ----------------------------------------------------
     def expected_l0(self) -> torch.Tensor:
@@ -255,19 +195,97 @@ class DiffPrunedModel(ReparametrizedModel):
         return self.config.l0_lambda * ExpectedL0.apply(c, self.group_alpha, *(a.detach() for a in self.alpha))
 
     @torch.no_grad()
-    def add_penalty_gradient_(self, index: int, grad: torch.Tensor) -> None:
-        """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after ``penalty(False)``)."""
+    def add_penalty_gradient_(self, index: int, grad: torch.Tensor, part: slice | None = None) -> None:
+        """Add d penalty / d alpha[index] to ``grad`` in place, chunk by chunk (after
+        ``penalty(False)``): to alpha's whole gradient, or with ``part`` (a slice of the flat
+        alpha) to the flat gradient of those entries."""
         if not self._penalty_pending:
             raise RuntimeError("add_penalty_gradient_ needs penalty(alpha_gradient=False) first in this step")
+        grad_flat = grad.view(-1)
+        start = 0 if part is None else part.start
+        for sub in chunks(grad_flat.numel()):
+            grad_flat[sub] += self._penalty_gradient(index, slice(start + sub.start, start + sub.stop))
+
+    def _penalty_gradient(self, index: int, part: slice) -> torch.Tensor:
+        """d penalty / d alpha[index] on one flat chunk (a new tensor)."""
         c, scale = self.config.log_ratio, self.config.l0_lambda
         if self.group_alpha is not None:
             scale = self._penalty_group_open[index] * scale
-        alpha_flat, grad_flat = _flat(self.alpha[index].detach()), grad.view(-1)
-        for part in _chunks(alpha_flat.numel()):
-            p = torch.sigmoid(alpha_flat[part] - c)
-            # d sigmoid(a - c)/da = p - p^2; a tensor scale (the group factor) stays on the
-            # device: reading it as a number would wait for the GPU once per tensor
-            grad_flat[part] += torch.addcmul(p, p, p, value=-1.0).mul_(scale)
+        p = torch.sigmoid(flat(self.alpha[index].detach())[part] - c)
+        # d sigmoid(a - c)/da = p (1 - p), in the operations of ExpectedL0's backward (so every
+        # optimizer gets autograd's bits); a tensor scale (the group factor) stays on the
+        # device: reading it as a number would wait for the GPU once per tensor
+        return p.mul_(1 - p).mul_(scale)
+
+    def penalty_gradient_applied(self) -> None:
+        """The optimizer has added the pending penalty gradient (``penalty(False)``) to alpha: a
+        later step without a new ``penalty`` call must not add it again."""
+        self._penalty_pending = False
+
+    # -- the gradient of delta, kept instead of those of w and alpha ------------------------
+    def keep_delta_grad(self) -> None:
+        """From now on backward keeps d loss / d delta instead of giving w and alpha their
+        gradients, for an optimizer that forms those chunk by chunk at its step
+        (``diffprune.delta_adamw.DeltaGradAdamW``): both are elementwise in d loss / d delta,
+        the step's sample, w and alpha, so nothing is lost, and one gradient per diffed entry
+        is held instead of two. What is kept is autograd's own gradient of each effective
+        weight, as backward hands it over (no copy; an embedding lookup's stays row-sparse:
+        for word embeddings, half of a BERT's entries, only the batch's rows). Like ``.grad``
+        in full finetuning it exists from backward to the step and is dropped by the
+        optimizer's ``zero_grad``, so the next forward's activations reuse its memory. The
+        group gates' gradients still arrive as ``.grad``."""
+        self.keeps_delta_grad = True
+        self._delta_grads = {}
+
+    def clear_delta_grad(self) -> None:
+        """Drop the kept d loss / d delta (the optimizer's ``zero_grad``)."""
+        self._delta_grads = {}
+
+    @torch.no_grad()
+    def _add_delta_grad(self, slot: Slot, grad: torch.Tensor) -> None:
+        # Never written to in place: autograd may hand the same tensor to other nodes too.
+        grad = grad.coalesce() if grad.is_sparse else grad.contiguous()
+        kept = self._delta_grads.get(slot.index)
+        if kept is None:
+            kept = grad
+        elif kept.is_sparse and grad.is_sparse:  # gradient accumulation
+            kept = (kept + grad).coalesce()
+        elif kept.is_sparse or grad.is_sparse:  # tied weights: a lookup's and a projection's
+            dense, sparse = (grad, kept) if kept.is_sparse else (kept, grad)
+            kept = dense.float().index_add(0, sparse.indices()[0], sparse.values())
+        else:  # a tensor used twice in one forward, or gradient accumulation
+            kept = kept.float() + grad
+        self._delta_grads[slot.index] = kept
+
+    def diff_grads_present(self, slot: Slot) -> tuple[bool, bool]:
+        """Whether w and alpha of ``slot`` have a gradient formed from the kept d loss / d delta
+        (alpha also has the pending penalty's), as ``diff_grad_chunks`` would yield them."""
+        kept = slot.index in self._delta_grads
+        return kept, kept or self._penalty_pending
+
+    @torch.no_grad()
+    def diff_grad_chunks(self, slot: Slot):
+        """(part, d loss/d w, d loss/d alpha) of ``slot`` chunk by chunk (flat slices, new fp32
+        tensors, None where ``diff_grads_present`` says there is none), formed from the kept
+        d loss / d delta by the operations autograd's backward uses: w's is grad * z (* z_g),
+        alpha's grad * w (* z_g) * dz/dalpha, plus the pending penalty gradient. Read before
+        the chunk of w and alpha is updated: alpha's depends on w and on alpha itself."""
+        left, right = self.config.left, self.config.right
+        w_flat = flat(self.w[slot.index].detach())
+        s = flat(self.sample_view(slot))
+        kept = self._delta_grads.get(slot.index)
+        parts = list(chunks(slot.numel))
+        dense_parts = dense_chunks(kept, parts) if kept is not None and kept.is_sparse else None
+        z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
+        for i, part in enumerate(parts):
+            g_w = g_alpha = None
+            if kept is not None:
+                g = dense_parts(i) if dense_parts is not None else kept.view(-1)[part]
+                g_w, g_alpha, _ = diff_gradient_chunk(g, w_flat[part], s[part], left, right, z_group, group_dot=False)
+            if self._penalty_pending:
+                penalty = self._penalty_gradient(slot.index, part)
+                g_alpha = penalty if g_alpha is None else g_alpha.add_(penalty)
+            yield part, g_w, g_alpha
 
     @torch.no_grad()
     def dense_diff(self) -> dict[str, torch.Tensor]:
@@ -286,6 +304,7 @@ class DiffPrunedModel(ReparametrizedModel):
         """As ``ReparametrizedModel.release``, and free this wrapper's O(d) state (w, alpha, sample)."""
         model = super().release()
         self.w, self.alpha, self.group_alpha = nn.ParameterList(), nn.ParameterList(), None
+        self.keeps_delta_grad, self._delta_grads = False, {}
         self.sample = torch.empty(0, dtype=self.sample.dtype, device=self.sample.device)
         return model
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from diffprune import method_options
+from diffprune.chunked import adamw_update_, chunks, dense_chunks
 
 if TYPE_CHECKING:
     from diffprune.seeding import RunSeeds
@@ -23,9 +24,28 @@ def adamw(groups: list[dict], lr: float) -> torch.optim.Optimizer:
 
     Every method uses this same optimizer so that time/memory comparisons are fair.
     """
-    params = [p for g in groups for p in g["params"]]
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    return torch.optim.AdamW(groups, lr=lr, fused=fusable([p for g in groups for p in g["params"]]))
+
+
+def allocate_adamw_state(optimizer: torch.optim.AdamW) -> None:
+    """Make AdamW's per-parameter state now, with the values AdamW gives it at its first step.
+
+    Made lazily, the moments of large parameters would be allocated amid the first step's
+    gradients and temporaries, and leave the heap fragmented for the rest of the run.
+    """
+    for group in optimizer.param_groups:
+        on_device = group["fused"] or group["capturable"]  # where AdamW keeps the step count
+        for p in group["params"]:
+            optimizer.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                                  "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                                  "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
+            if group["amsgrad"]:
+                optimizer.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def fusable(params: list) -> bool:
+    """Whether AdamW's fused kernel takes these parameters (CPU and CUDA floats)."""
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 # Parameters of at least this many entries are updated inside backward by AdamWInBackward.
@@ -47,9 +67,12 @@ class AdamWInBackward(torch.optim.AdamW):
     that needs every gradient first (global-norm clipping, a loss scaler's overflow check) or
     several backwards per step (gradient accumulation): ``training_step`` refuses those.
 
-    ``gradient_hooks``: per parameter, a function called with its complete gradient just before
-    its update (diff pruning adds the expected-L0 penalty's gradient to alpha there). A sparse
-    gradient is made dense first, one parameter at a time.
+    ``gradient_hooks``: per parameter, a function ``hook(grad, part)`` called with its complete
+    gradient just before its update (diff pruning adds the expected-L0 penalty's gradient to
+    alpha there): ``grad`` is the flat gradient of the entries ``part`` (a slice) of the flat
+    parameter. A dense gradient comes whole (``part`` None); a row-sparse one (an embedding
+    lookup's) is made dense and applied one chunk at a time (``diffprune.chunked``), since a
+    vocabulary-sized dense gradient would be the largest temporary of the step.
     """
 
     steps_in_backward = True
@@ -58,21 +81,9 @@ class AdamWInBackward(torch.optim.AdamW):
                  in_backward_numel: int | None = None) -> None:
         if in_backward_numel is None:
             in_backward_numel = IN_BACKWARD_MIN_NUMEL
-        params = [p for g in groups for p in g["params"]]
-        fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        super().__init__(groups, lr=lr, fused=fused)
+        super().__init__(groups, lr=lr, fused=fusable([p for g in groups for p in g["params"]]))
         gradient_hooks = gradient_hooks or {}
-        # AdamW's state, made now rather than at the first step as AdamW would (same values):
-        # made inside the first backward, between that step's activations and gradients, the
-        # d-sized moments would leave the heap fragmented for the rest of the run.
-        for group in self.param_groups:
-            on_device = group["fused"] or group["capturable"]  # where AdamW keeps the step count
-            for p in group["params"]:
-                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
-                                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
-                if group["amsgrad"]:
-                    self.state[p]["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        allocate_adamw_state(self)  # now, not inside the first backward amid its activations
         self._single: list[torch.optim.AdamW] = []
         self._handles = []
         self._after_backward = []  # (parameter, gradient hook) of the parameters step() updates
@@ -89,16 +100,31 @@ class AdamWInBackward(torch.optim.AdamW):
 
     def _update_hook(self, group_index: int, single: torch.optim.AdamW, before_update):
         def update(p: torch.Tensor) -> None:
-            if p.grad.is_sparse:
-                p.grad = p.grad.to_dense()
-            if before_update is not None:
-                before_update(p.grad)
             # Looked up at each step: the scheduler and load_state_dict write self.param_groups.
             group = self.param_groups[group_index]
+            if p.grad.is_sparse:
+                self._update_in_chunks(p, group, before_update)
+                return
+            if before_update is not None:
+                before_update(p.grad.view(-1), None)
             single.param_groups[0].update({k: v for k, v in group.items() if k != "params"})
             single.step()
             p.grad = None
         return update
+
+    @torch.no_grad()
+    def _update_in_chunks(self, p: torch.Tensor, group: dict, before_update) -> None:
+        """AdamW's update of ``p`` from its row-sparse gradient, one dense chunk at a time."""
+        grad, p.grad = p.grad.coalesce(), None
+        parts = list(chunks(p.numel()))
+        dense_part = dense_chunks(grad, parts)
+        count = self.state[p]["step"]
+        for i, part in enumerate(parts):
+            chunk = dense_part(i)
+            if before_update is not None:
+                before_update(chunk, part)
+            adamw_update_(self, p, group, part, chunk, count)
+        count += 1
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,7 +134,7 @@ class AdamWInBackward(torch.optim.AdamW):
             if p.grad is not None and p.grad.is_sparse:
                 p.grad = p.grad.to_dense()
             if before_update is not None and p.grad is not None:
-                before_update(p.grad)
+                before_update(p.grad.view(-1), None)
         return super().step(closure)
 
     def load_state_dict(self, state_dict: dict) -> None:

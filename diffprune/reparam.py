@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_flatten
-
 from diffprune.layers import is_head
+from diffprune.model_tensors import task_buffers, unique_parameters
+from diffprune.reparam_modes import ReadProbe, RowLookup
 
 
 @dataclass
@@ -61,77 +60,9 @@ class Slot:
 _RECIPE = "diffprune-effective-weight"
 
 
-def unique_parameters(model: nn.Module) -> list[tuple[str, list[str], nn.Parameter, list[tuple[nn.Module, str]]]]:
-    """(canonical name, all names, parameter, owners) for every unique parameter tensor."""
-    by_id: dict[int, tuple[str, list[str], nn.Parameter, list]] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for attr, p in module._parameters.items():
-            if p is None:
-                continue
-            full = f"{module_name}.{attr}" if module_name else attr
-            entry = by_id.setdefault(id(p), (full, [], p, []))
-            if full not in entry[1]:
-                entry[1].append(full)
-            if not any(m is module and a == attr for m, a in entry[3]):
-                entry[3].append((module, attr))
-    order = {id(p): i for i, (_, p) in enumerate(model.named_parameters())}
-    return sorted(by_id.values(), key=lambda e: order.get(id(e[2]), len(order)))
-
-
-def task_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's persistent buffers by name: the state besides parameters that training changes.
-
-    BatchNorm's running mean / variance and ``num_batches_tracked`` are persistent; derived
-    constants (position ids, causal masks, rotary frequencies) are registered
-    non-persistent by the libraries that use them, and are not task state.
-    """
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        for attr, buffer in module._buffers.items():
-            if buffer is None or attr in module._non_persistent_buffers_set or id(buffer) in seen:
-                continue
-            seen.add(id(buffer))
-            out[f"{module_name}.{attr}" if module_name else attr] = buffer
-    return out
-
-
 def _restore_sparse_flag(module: nn.Module) -> None:
     if hasattr(module, "_diffprune_sparse"):
         module.sparse = module.__dict__.pop("_diffprune_sparse")
-
-
-def _returns_tensor(result) -> bool:
-    return any(isinstance(leaf, torch.Tensor) for leaf in tree_flatten(result)[0])
-
-
-class _ReadProbe(TorchFunctionMode):
-    """Records every torch call that computes with a pretrained tensor of a diffed slot.
-
-    While a slot's effective value is in place, the modules that own it hand out that value,
-    so a call that still receives the pretrained tensor computes with theta_0 instead of the
-    effective weight. Metadata queries (``.dtype``, ``.shape``) return no tensor and are not
-    reads.
-    """
-
-    def __init__(self, wrapper: "ReparametrizedModel", module_stack: list[str]) -> None:
-        super().__init__()
-        self.wrapper = wrapper
-        self.module_stack = module_stack
-        self.watched = {id(slot.base): slot.index for slot in wrapper.slots
-                        if not wrapper.is_identity(slot)}
-        self.reads: dict[int, set[str]] = {}  # slot index -> names of the modules that read it
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        if not self.wrapper._building and _returns_tensor(result):
-            for leaf in tree_flatten((args, kwargs))[0]:
-                index = self.watched.get(id(leaf))
-                if index is not None:
-                    reader = self.module_stack[-1] if self.module_stack else None
-                    self.reads.setdefault(index, set()).add(reader)
-        return result
 
 
 class ReparametrizedModel(nn.Module):
@@ -168,8 +99,9 @@ class ReparametrizedModel(nn.Module):
         self._live: dict[int, int] = {}  # storage address of a live effective weight -> slot index
         # slot index -> [effective value, how many hooked modules currently need it]
         self._installed: dict[int, list] = {}
+        self._row_lookups: list[tuple[nn.Module, Slot, RowLookup]] = []  # the ones active now, innermost last
         self._building = False  # True while an effective value is computed (its reads are ours)
-        self._probe: _ReadProbe | None = None
+        self._probe: ReadProbe | None = None
         self._probe_used: set[int] = set()
         self._checked = False  # the first forward checks that every slot's effective value is used
         self._released = False
@@ -197,6 +129,15 @@ class ReparametrizedModel(nn.Module):
     def rebuild(self, slot: Slot) -> torch.Tensor:
         raise NotImplementedError
 
+    # True if ``effective_rows`` is implemented: an nn.Embedding owner's lookups then read the
+    # rows of the effective weight instead of the whole weight built (``RowLookup``).
+    row_lookups = False
+
+    def effective_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+        """``F.embedding(ids, effective(slot))`` for a lookup without max_norm (``padding_idx`` is
+        -1 for none); its gradient must be the one that lookup would give."""
+        raise NotImplementedError
+
     def is_identity(self, slot: Slot) -> bool:
         """True if the slot's effective value is the pretrained tensor itself (nothing to check)."""
         return False
@@ -205,14 +146,53 @@ class ReparametrizedModel(nn.Module):
     def _hook(self, module: nn.Module, slots: list[Slot]) -> None:
         def pre_hook(module, args):
             for slot in slots:
-                self._install(slot)
+                if self._looks_up_rows(module, slot):
+                    self._start_row_lookup(module, slot)
+                else:
+                    self._install(slot)
 
         def post_hook(module, args, output):
             for slot in slots:
-                self._uninstall(slot)
+                if not self._end_row_lookup(module, slot):
+                    self._uninstall(slot)
 
         self._handles.append(module.register_forward_pre_hook(pre_hook))
         self._handles.append(module.register_forward_hook(post_hook, always_call=True))
+
+    def _looks_up_rows(self, module: nn.Module, slot: Slot) -> bool:
+        """Whether ``module`` is an embedding whose weight is ``slot`` and whose lookups can take
+        the effective weight's rows alone (not when another module already installed it whole)."""
+        return (self.row_lookups and isinstance(module, nn.Embedding) and slot.index not in self._installed
+                and module._parameters.get("weight") is slot.base)
+
+    def _start_row_lookup(self, module: nn.Module, slot: Slot) -> None:
+        if self._probe is not None:
+            self._probe_used.add(slot.index)
+        mode = RowLookup(self, slot)
+        mode.__enter__()
+        self._row_lookups.append((module, slot, mode))
+
+    def _end_row_lookup(self, module: nn.Module, slot: Slot) -> bool:
+        """Leave the row lookup ``_start_row_lookup`` began for (module, slot); False if none."""
+        if not self._row_lookups or self._row_lookups[-1][0] is not module or self._row_lookups[-1][1] is not slot:
+            return False
+        mode = self._row_lookups.pop()[2]
+        mode.__exit__(None, None, None)
+        if mode.whole is not None:
+            self._uninstall(slot)
+        return True
+
+    def _lookup_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
+        self._building = True
+        try:
+            return self.effective_rows(slot, ids, padding_idx, scale_grad_by_freq)
+        finally:
+            self._building = False
+
+    def _install_whole(self, slot: Slot) -> torch.Tensor:
+        """Install the slot's effective value (as a hooked module's pre-hook does) and return it."""
+        self._install(slot)
+        return self._installed[slot.index][0]
 
     def _install(self, slot: Slot) -> None:
         """Put the slot's effective value into every owner (once, however many modules need it)."""
@@ -235,9 +215,10 @@ class ReparametrizedModel(nn.Module):
         for module, attr in slot.owners:
             module._parameters[attr] = value
             if (value.requires_grad and self.sparse_embedding_grads and isinstance(module, nn.Embedding)
-                    and attr == "weight" and not hasattr(module, "_diffprune_sparse")):
+                    and attr == "weight" and not module.scale_grad_by_freq and not hasattr(module, "_diffprune_sparse")):
                 # Only the looked-up rows get a gradient: ask for it as a sparse tensor
-                # instead of a dense vocabulary-sized one.
+                # instead of a dense vocabulary-sized one (torch has no sparse backward for
+                # scale_grad_by_freq).
                 module._diffprune_sparse = module.sparse
                 module.sparse = True
 
@@ -278,6 +259,8 @@ class ReparametrizedModel(nn.Module):
             with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
                 return self.model(*args, **kwargs)
         finally:
+            while self._row_lookups:  # a forward that raised may leave its modes on torch's stack
+                self._row_lookups.pop()[2].__exit__(None, None, None)
             self._live.clear()
             self._installed.clear()
             for slot in self.slots:  # leave the model clean even if forward raised
@@ -345,7 +328,7 @@ class ReparametrizedModel(nn.Module):
         for name, module in self.model.named_modules():
             handles.append(module.register_forward_pre_hook(enter(name)))
             handles.append(module.register_forward_hook(leave, always_call=True))
-        self._probe = _ReadProbe(self, stack)
+        self._probe = ReadProbe(self, stack)
         self._probe_used = set()
         try:
             with self._probe:

@@ -30,8 +30,8 @@ from torch import nn
 from diffprune import packed
 from diffprune.atomic import write_with
 from diffprune.layers import is_head
+from diffprune.model_tensors import unique_parameters
 from diffprune.safetensors_file import safetensors_problem
-from diffprune.reparam import unique_parameters
 
 FORMAT = "diffprune.sparse_diff"
 DENSE_FORMAT = "diffprune.dense_diff"

@@ -10,7 +10,10 @@ Optimizers that step inside backward (``steps_in_backward``, e.g.
 ``diffprune.optim.AdamWInBackward``) have applied every update and dropped every gradient by
 the time backward returns; they cannot be combined with global-norm clipping, a loss scaler
 or gradient accumulation, and this function refuses those combinations instead of silently
-skipping them.
+skipping them. Optimizers that hold gradients no ``.grad`` shows (``clips_own_gradients``,
+e.g. ``diffprune.delta_adamw.DeltaGradAdamW``) clip them with their own ``clip_grad_norm_``,
+over the same tensors and with the same result as ``torch.nn.utils.clip_grad_norm_`` on
+materialised gradients; they cannot be combined with a loss scaler.
 """
 from __future__ import annotations
 
@@ -25,6 +28,12 @@ def steps_in_backward(optimizer) -> bool:
     return bool(getattr(optimizer, "steps_in_backward", False))
 
 
+def clips_own_gradients(optimizer) -> bool:
+    """Whether the optimizer holds gradients that no ``.grad`` shows (``DeltaGradAdamW``) and
+    so clips them itself, with its own ``clip_grad_norm_``."""
+    return callable(getattr(optimizer, "clip_grad_norm_", None))
+
+
 def training_step(module, method, batches: Iterable[dict], num_batches: int, optimizer, *, step: int,
                   device: torch.device, precision: str, max_grad_norm: float, scheduler=None, scaler=None,
                   trainable: list | None = None) -> torch.Tensor:
@@ -37,6 +46,8 @@ def training_step(module, method, batches: Iterable[dict], num_batches: int, opt
         raise ValueError("an optimizer that steps inside backward needs one micro-batch per step, no loss "
                          f"scaler and no global-norm clipping (got {num_batches} micro-batch(es), scaler "
                          f"{scaler is not None}, max_grad_norm {max_grad_norm})")
+    if clips_own_gradients(optimizer) and scaler is not None:
+        raise ValueError(f"{type(optimizer).__name__} forms gradients a loss scaler cannot see: train it without one")
     method.begin_step(module, step)
     optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
@@ -63,7 +74,9 @@ def training_step(module, method, batches: Iterable[dict], num_batches: int, opt
         scaled = scaler is not None and bool(with_grad)
         if scaled:
             scaler.unscale_(optimizer)
-        if with_grad and max_grad_norm > 0:
+        if max_grad_norm > 0 and clips_own_gradients(optimizer):
+            optimizer.clip_grad_norm_(max_grad_norm, trainable)
+        elif with_grad and max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(with_grad, max_grad_norm)
         if scaled:
             scaler.step(optimizer)  # skips the step when fp16 gradients overflowed

@@ -81,12 +81,14 @@ def small_in_backward_threshold(monkeypatch):
 def test_stepping_inside_backward_gives_the_updates_of_the_usual_adamw_step(tiny_bert, tiny_batch, structured,
                                                                             small_in_backward_threshold):
     state = tiny_bert.state_dict()
-    usual = {"learning_rate": 1e-2, "max_grad_norm": 0.0, "gradient_accumulation_steps": 2}  # forces the usual step
+    # Gradient accumulation rules out stepping in backward: the step after backward, with
+    # DeltaGradAdamW (AdamW's updates bit for bit: tests/test_delta_adamw.py).
+    usual = {"learning_rate": 1e-2, "max_grad_norm": 0.0, "gradient_accumulation_steps": 2}
     in_backward = {"learning_rate": 1e-2, "max_grad_norm": 0.0}
     method_a, dm_a, opt_a, _ = _train_tiny_bert(state, tiny_batch, usual, structured)
     method_b, dm_b, opt_b, _ = _train_tiny_bert(state, tiny_batch, in_backward, structured)
     assert not method_a.steps_in_backward and method_b.steps_in_backward
-    assert type(opt_b).__name__ == "AdamWInBackward"
+    assert (type(opt_a).__name__, type(opt_b).__name__) == ("DeltaGradAdamW", "AdamWInBackward")
     params_a, params_b = dict(dm_a.named_parameters()), dict(dm_b.named_parameters())
     large = [p for p in params_b.values() if p.requires_grad and p.numel() >= 64]
     assert large and all(p.grad is None for p in large)  # consumed inside backward
@@ -100,6 +102,23 @@ def test_stepping_inside_backward_gives_the_updates_of_the_usual_adamw_step(tiny
     for index, entry in sd_a["state"].items():
         for key, value in entry.items():
             torch.testing.assert_close(sd_b["state"][index][key], value, rtol=1e-6, atol=1e-9)
+
+
+def test_stepping_inside_backward_updates_an_embedding_chunk_by_chunk(tiny_bert, tiny_batch, monkeypatch,
+                                                                     small_in_backward_threshold):
+    """The word embeddings' row-sparse gradients are applied one dense chunk at a time (chunks of
+    100 entries here, across row boundaries), with the penalty's gradient added per chunk: the
+    updates of the usual step, up to rounding."""
+    import diffprune.chunked
+
+    monkeypatch.setattr(diffprune.chunked, "CHUNK", 100)
+    state = tiny_bert.state_dict()
+    usual = {"learning_rate": 1e-2, "max_grad_norm": 0.0, "gradient_accumulation_steps": 2}
+    _, dm_a, _, _ = _train_tiny_bert(state, tiny_batch, usual, False)
+    _, dm_b, opt_b, _ = _train_tiny_bert(state, tiny_batch, {"learning_rate": 1e-2, "max_grad_norm": 0.0}, False)
+    assert dm_b.w[0].numel() > 100 and dm_b.w[0].grad is None
+    for name, p in dm_a.named_parameters():
+        torch.testing.assert_close(dict(dm_b.named_parameters())[name], p, rtol=1e-6, atol=1e-7, msg=name)
 
 
 def test_stepping_inside_backward_resumes_from_its_state_dict(tiny_bert, tiny_batch, small_in_backward_threshold):
@@ -132,7 +151,7 @@ def test_training_step_refuses_clipping_with_an_optimizer_that_steps_in_backward
     with pytest.raises(ValueError, match="clipping"):
         training_step(dm, method, [tiny_batch], 1, optimizer, step=0, device=torch.device("cpu"), precision="fp32",
                       max_grad_norm=1.0)
-    # a run with clipping on gets the usual optimizer, and clips
+    # a run with clipping on gets an optimizer that steps after backward, and clips
     assert not hasattr(AdaptiveDiffPruning().make_optimizer(
         AdaptiveDiffPruning().prepare(tiny_bert, r"^classifier\."), {"learning_rate": 1e-3}), "steps_in_backward")
 

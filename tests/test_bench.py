@@ -32,6 +32,7 @@ def test_bench_with_peers_prints_every_phase_and_ratio(capsys):
         assert summary[ratio] > 0
     # without clipping the L0 phase updates inside backward; the projection kept exactly k entries
     assert summary["max_grad_norm"] == 0 and summary["l0_steps_in_backward"] is True
+    assert summary["l0_optimizer"] == "AdamWInBackward"
     assert summary["nonzeros"] == kept_count(0.5, summary["diffed_params"])
     for peer in PEERS:
         assert summary[f"{peer}_seconds_per_step"] > 0
@@ -40,9 +41,10 @@ def test_bench_with_peers_prints_every_phase_and_ratio(capsys):
     assert any("HF Trainer" in line for line in lines) and any("PEFT LoRA" in line for line in lines)
 
 
-def test_bench_with_clipping_takes_the_usual_l0_step():
+def test_bench_with_clipping_keeps_the_gradient_of_delta():
     summary = bench.run("tiny-random", batch=2, seq=8, warmup=1, steps=1, rate=1.0, threads=None, device="cpu",
                         max_grad_norm=1.0, structured=True)
     assert summary["l0_steps_in_backward"] is False and summary["structured"] is True
+    assert summary["l0_optimizer"] == "DeltaGradAdamW"
     assert summary["nonzeros"] == kept_count(1.0, summary["diffed_params"])
     assert "runner_full_vs_plain" not in summary

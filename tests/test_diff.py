@@ -1,4 +1,6 @@
-"""The L0 phase on tiny models: gradients, tied weights, BatchNorm, determinism."""
+"""The L0 phase on tiny models: gradients, tied weights, BatchNorm, determinism, the kept
+gradient of delta."""
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -194,8 +196,6 @@ def test_gradient_accumulation_sees_one_mask_per_step(tiny_bert, tiny_batch):
 def test_head_of_a_model_built_by_hand_is_marked_or_named_never_guessed():
     """A torchvision-style ``fc`` head is not in any name regex: with nothing marked and no
     pattern the wrapper refuses (naming both fixes) instead of diffing the new head."""
-    import pytest
-
     from diffprune.models import mark_new_parameters
     from tests.tiny_convnet import pretrained_convnet
 
@@ -207,3 +207,72 @@ def test_head_of_a_model_built_by_hand_is_marked_or_named_never_guessed():
     for dm in (DiffPrunedModel(marked), named):
         assert sorted(dm.head_names) == ["fc.bias", "fc.weight"]
         assert not any(slot.name.startswith("fc.") for slot in dm.slots)
+
+
+def _tied_gpt2():
+    """A language model whose word embeddings are also its output layer: the one slot gets a
+    row-sparse gradient (the lookup) and a dense one (the projection) in every backward."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(3))
+    return model, r"(?!)", {"input_ids": ids, "labels": ids}, lambda out: out.loss
+
+
+def _parent_reads_embedding():
+    """An embedding whose weight its parent also reads densely: expected row-sparse, it gets a
+    dense gradient too, and a buffer of its own at its first backward."""
+    from tests.test_reparam import HEAD, ParentReadsChildWeight
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 11, (3, 4), generator=torch.Generator().manual_seed(3))
+    return ParentReadsChildWeight(), HEAD, {"ids": ids}, lambda out: out.square().mean()
+
+
+def _tiny_bert(tiny_bert, tiny_batch):
+    return tiny_bert, r"^classifier\.", tiny_batch, lambda out: out.loss
+
+
+@pytest.mark.parametrize("structured", [False, True])
+@pytest.mark.parametrize("which", ["bert", "tied_gpt2", "parent_reads_embedding"])
+def test_kept_gradient_of_delta_forms_autograds_gradients(tiny_bert, tiny_batch, which, structured):
+    """With keep_delta_grad, backward leaves w and alpha without .grad and diff_grad_chunks forms,
+    from d loss / d delta, the gradients autograd gives them (the penalty's included), over two
+    backwards of one step (gradient accumulation); the group gates still get their .grad."""
+    model, head, batch, loss_of = {"bert": lambda: _tiny_bert(tiny_bert, tiny_batch), "tied_gpt2": _tied_gpt2,
+                                   "parent_reads_embedding": _parent_reads_embedding}[which]()
+    state = model.state_dict()
+    grads = []
+    for keep in (False, True):
+        model.load_state_dict(state)
+        dm = DiffPrunedModel(model, DiffPruningConfig(structured=structured, alpha_init=1.0, l0_lambda=0.5,
+                                                      head_pattern=head))
+        with torch.no_grad():
+            for w in dm.w:
+                w.normal_(0, 0.1, generator=torch.Generator().manual_seed(w.numel()))
+        if keep:
+            dm.keep_delta_grad()
+        dm.train()
+        dm.resample(1)
+        for _ in range(2):  # as training_step splits the loss and the penalty over micro-batches
+            (loss_of(dm(**batch)) / 2 + dm.penalty(alpha_gradient=not keep) / 2).backward()
+        if keep:
+            assert all(p.grad is None for p in list(dm.w) + list(dm.alpha))
+            formed = []
+            for slot in dm.slots:
+                chunks = list(dm.diff_grad_chunks(slot))
+                formed.append([torch.cat([c[k] for c in chunks]).view(slot.shape) for k in (1, 2)])
+        else:
+            formed = [[dm.w[slot.index].grad, dm.alpha[slot.index].grad] for slot in dm.slots]
+        group = dm.group_alpha.grad.clone() if structured else None
+        grads.append((formed, group))
+        dm.release()
+    (want, want_group), (got, got_group) = grads
+    for slot_want, slot_got in zip(want, got):
+        for w_or_alpha_want, w_or_alpha_got in zip(slot_want, slot_got):
+            torch.testing.assert_close(w_or_alpha_got, w_or_alpha_want, rtol=1e-6, atol=1e-7)
+    if structured:
+        torch.testing.assert_close(got_group, want_group, rtol=1e-6, atol=1e-7)
+
