@@ -17,12 +17,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+from dataclasses import dataclass
 
 from torch import nn
 
-from baselines.common import (check_learning_rate, check_positive_int, decay_groups,
-                              head_parameter_names, trainable_named_parameters)
+from baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.layers import is_layer_norm
+from diffprune.method_options import option
 from diffprune.methods import Method
 
 logger = logging.getLogger(__name__)
@@ -52,27 +53,22 @@ def _has_adapter_modeling(module_name: str) -> bool:
 
 class HoulsbyAdapters(Method):
     name = "adapters"
+    summary = "Houlsby adapters through AdapterHub (baselines/adapters.py)"
 
-    @classmethod
-    def option_defaults(cls) -> dict:
-        return {
-            # Bottleneck width m: 2 * (2*m*h + m + h) new parameters per block (h = hidden
-            # size). Houlsby's BERT-large runs used m in {8, 64, 256}: 3.6% / 2.1% new params.
-            "bottleneck": 64,
-            # Houlsby trains the (pretrained) layer norms per task as well.
-            "train_layer_norms": True,
-            # Adapters train poorly at full finetuning's 2e-5; 1e-4 is AdapterHub's default and
-            # inside Houlsby's search range {3e-5 .. 3e-3}. Applies to adapters, layer norms and
-            # head. null = use the run's training learning rate.
-            "learning_rate": 1e-4,
-            # Nonlinearity inside the bottleneck (AdapterHub's Houlsby default: swish).
-            "non_linearity": "swish",
-        }
+    @dataclass(frozen=True)
+    class Options:
+        # Bottleneck width m: 2 * (2*m*h + m + h) new parameters per block (h = hidden
+        # size). Houlsby's BERT-large runs used m in {8, 64, 256}: 3.6% / 2.1% new params.
+        bottleneck: int = option(64, "bottleneck width m", ge=1)
+        # Houlsby trains the (pretrained) layer norms per task as well.
+        train_layer_norms: bool = option(True, "train the pretrained layer norms too, as Houlsby")
+        # Adapters train poorly at full finetuning's 2e-5; 1e-4 is AdapterHub's default and
+        # inside Houlsby's search range {3e-5 .. 3e-3}.
+        learning_rate: float | None = option(1e-4, "overrides the run's learning_rate for adapters, layer norms "
+                                             "and head; null = the run's", gt=0)
+        # AdapterHub's Houlsby default.
+        non_linearity: str = option("swish", "nonlinearity inside the bottleneck")
 
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        check_positive_int(self.name, "bottleneck", self.options["bottleneck"])
-        check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
 
     def check_model(self, model: nn.Module, head_pattern: str) -> None:
         from adapters.wrappers.interfaces import get_adapter_interface

@@ -4,27 +4,25 @@
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from baselines.common import SubsetFinetuning, check_learning_rate, decay_groups, trainable_named_parameters
 from diffprune.layers import is_head
+from diffprune.method_options import option
 
 
 class BitFit(SubsetFinetuning):
     name = "bitfit"
+    summary = "biases and the head train (baselines/bitfit.py)"
 
-    @classmethod
-    def option_defaults(cls) -> dict:
-        return {
-            # Biases need far larger steps than full finetuning's 2e-5: the BitFit paper
-            # searched {1e-4, 4e-4, 7e-4, 1e-3}; we take the top of that grid because our
-            # budgets are short. null = use the run's training learning rate.
-            "learning_rate": 1e-3,
-        }
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
+    @dataclass(frozen=True)
+    class Options:
+        # Biases need far larger steps than full finetuning's 2e-5: the BitFit paper
+        # searched {1e-4, 4e-4, 7e-4, 1e-3}; we take the top of that grid because our
+        # budgets are short.
+        learning_rate: float | None = option(1e-3, "overrides the run's learning_rate; null = the run's", gt=0)
 
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
         return {n for n, _ in model.named_parameters()

@@ -56,10 +56,6 @@ def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     return [g for g in groups if g["params"]]
 
 
-def check_positive_int(method: str, option: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"method {method!r}: option {option!r} must be a positive integer, got {value!r}")
-    return value
 
 
 def check_learning_rate(method: str, option: str, value) -> float | None:

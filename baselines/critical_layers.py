@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning, check_positive_int
+from baselines.common import SubsetFinetuning
 from diffprune.layers import layer_labels, layer_order
+from diffprune.method_options import option
 
-RANKING_METRICS = ("relative_l2", "angle_deg")
+RankingMetric = Literal["relative_l2", "angle_deg"]  # the distances full finetuning's stats.json holds
 RANKED_KINDS = ("embeddings",)  # besides the transformer blocks layer_0 .. layer_{L-1}
 
 
@@ -29,30 +32,24 @@ class CriticalLayers(SubsetFinetuning):
     # and `train --from` puts its directory into the `ranking` option.
     needs_run = "full_finetuning"
     run_option = "ranking"
+    summary = "the layers full finetuning moved furthest train (baselines/critical_layers.py)"
 
     @classmethod
     def needs_run_for(cls, options: dict) -> bool:
         return options.get("layers") is None and super().needs_run_for(options)
 
-    @classmethod
-    def option_defaults(cls) -> dict:
-        return {
-            "num_layers": 2,           # k: how many of the most-moved layers to finetune
-            "ranking": None,           # path to a full_finetuning run's stats.json (or its run directory)
-            "ranking_metric": "relative_l2",  # distance to rank by: relative_l2 or angle_deg
-            "layers": None,            # explicit layer labels, e.g. ["layer_4", "layer_5"]; overrides ranking
-        }
+    @dataclass(frozen=True)
+    class Options:
+        num_layers: int = option(2, "how many of the most-moved layers train", ge=1)
+        ranking: str | None = option(None, "a full_finetuning run's stats.json or run directory; null = the "
+                                     "workflow's full_finetuning run of the same task and seed")
+        ranking_metric: RankingMetric = option("relative_l2", "the distance that ranks the layers")
+        layers: list[str] | None = option(None, "explicit layer labels such as [layer_4, layer_5]; overrides "
+                                          "the ranking", min_items=1)
 
     def __init__(self, **options) -> None:
-        super().__init__(**options)
-        check_positive_int(self.name, "num_layers", self.options["num_layers"])
-        if self.options["ranking_metric"] not in RANKING_METRICS:
-            raise ValueError(f"critical_layers: ranking_metric must be one of {RANKING_METRICS}, "
-                             f"got {self.options['ranking_metric']!r}")
-        layers = self.options["layers"]
-        if layers is not None and (isinstance(layers, str) or not all(isinstance(l, str) for l in layers) or not layers):
-            raise ValueError(f"critical_layers: layers must be a non-empty list of layer labels, got {layers!r}")
-        if layers is None and self.options["ranking"] is None:
+        super().__init__(**options)  # types and ranges: Options
+        if self.options["layers"] is None and self.options["ranking"] is None:
             raise ValueError(
                 "critical_layers needs to know which layers to finetune: give `ranking` (the stats.json "
                 "of a full_finetuning run of the same task, whose per_layer_distance ranks the layers) "

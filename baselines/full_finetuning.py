@@ -19,6 +19,7 @@ from diffprune.stats import layer_distances
 
 class FullFinetuning(Method):
     name = "full_finetuning"
+    summary = "every parameter trains (baselines/full_finetuning.py)"
 
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         head = set(head_parameter_names(model, head_pattern))

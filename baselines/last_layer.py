@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 from torch import nn
 
 from baselines.common import SubsetFinetuning
 from diffprune.layers import block_prefixes, is_head, is_layer_norm
+from diffprune.method_options import option
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +31,16 @@ def _under(name: str, prefix: str) -> bool:
 
 class LastLayer(SubsetFinetuning):
     name = "last_layer"
+    summary = ("the top block and the head train (baselines/last_layer.py); a final norm after the top block "
+               "trains too")
 
-    @classmethod
-    def option_defaults(cls) -> dict:
-        return {
-            # Train the pooler (a pretrained dense layer between the top block and the
-            # classifier) where the model has one. Note: the paper's 3.8% on BERT-large
-            # matches the top block alone (12.6M of 335M); set false to reproduce that count.
-            "include_pooler": True,
-        }
+    @dataclass(frozen=True)
+    class Options:
+        # The pooler is a pretrained dense layer between the top block and the classifier.
+        # Note: the paper's 3.8% on BERT-large matches the top block alone (12.6M of 335M);
+        # set false to reproduce that count.
+        include_pooler: bool = option(True, "train the pooler between the top block and the head, where the "
+                                      "model has one")
 
     def selection_metadata(self) -> dict:
         return {"top_block": self.top_block}

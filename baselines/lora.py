@@ -14,10 +14,12 @@ refused when the run is planned. A task stores the LoRA factors and the head (wh
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from baselines.common import (check_learning_rate, check_positive_int, decay_groups, head_parameter_names,
-                              trainable_named_parameters)
+from baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
+from diffprune.method_options import option
 from diffprune.methods import Method
 
 # Module types PEFT's LoRA can wrap (transformers' GPT-2 style Conv1D by class name).
@@ -35,30 +37,21 @@ def _matches(module_name: str, target: str) -> bool:
 
 class LoRA(Method):
     name = "lora"
+    summary = "low-rank updates through PEFT (baselines/lora.py)"
 
-    @classmethod
-    def option_defaults(cls) -> dict:
+    @dataclass(frozen=True)
+    class Options:
         # Defaults follow the LoRA paper's GLUE setup for RoBERTa-base (Table 9).
-        return {
-            "rank": 8,                              # r of the low-rank update
-            "lora_alpha": 8,                        # update scaled by alpha / r (1 here, as in the paper)
-            "target_modules": None,                 # null: PEFT's W_q / W_v names for the model type
-            "lora_dropout": 0.0,                    # dropout on the LoRA branch input
-            # LoRA trains at a much larger rate than full finetuning (paper: 4e-4 .. 5e-4 for
-            # RoBERTa-base). Applies to A, B and the head. null = the run's learning rate.
-            "learning_rate": 5e-4,
-        }
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        check_positive_int(self.name, "rank", self.options["rank"])
-        check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
-        targets = self.options["target_modules"]
-        if targets is not None and (isinstance(targets, str) or not targets
-                                    or not all(isinstance(t, str) for t in targets)):
-            raise ValueError(f"lora: target_modules must be null or a non-empty list of module names, got {targets!r}")
-        if not 0.0 <= float(self.options["lora_dropout"]) < 1.0:
-            raise ValueError(f"lora: lora_dropout must be in [0, 1), got {self.options['lora_dropout']}")
+        rank: int = option(8, "rank r of the update", ge=1)
+        # alpha / r = 1, as in the paper.
+        lora_alpha: float = option(8, "the update is scaled by lora_alpha / rank", gt=0)
+        target_modules: list[str] | None = option(
+            None, "module names to wrap; null = PEFT's default for the model type ([query, value] on BERT); "
+                  "names matching no layer are refused at planning", min_items=1)
+        lora_dropout: float = option(0.0, "dropout on the LoRA branch input", ge=0, lt=1)
+        # LoRA trains at a much larger rate than full finetuning (paper: 4e-4 .. 5e-4 for
+        # RoBERTa-base); it applies to A, B and the head.
+        learning_rate: float | None = option(5e-4, "overrides the run's learning_rate; null = the run's", gt=0)
 
     def target_modules(self, model: nn.Module, head_pattern: str) -> list[str]:
         """The option's list, or PEFT's default for the model type; each must match a layer

@@ -15,6 +15,8 @@ class NonAdaptiveDiffPruning(Method):
     name = "nonadaptive_diff_pruning"
     projected = True
     reuses = "full_finetuning"
+    summary = ("magnitude-prunes the diff of the full_finetuning entry's run (no train run of its own; its "
+               "schedule is the prune phase's)")
 
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         raise RuntimeError(

@@ -15,12 +15,15 @@ are stored; loading turns them back into scores that zero exactly those position
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
+from baselines.common import decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.layers import layer_labels, layer_order
+from diffprune.method_options import option
 from diffprune.methods import Method
 from diffprune.projection import share_count  # the rounding rule of project, halves up
 
@@ -75,30 +78,18 @@ class ZeroingMask(nn.Module):
 
 class Sparsification(Method):
     name = "sparsification"
+    summary = "a learned zeroing mask on the transformer blocks' weights (baselines/sparsification.py)"
 
-    @classmethod
-    def option_defaults(cls) -> dict:
-        return {
-            # Fraction (not percent) of each masked tensor's entries set to zero, in (0, 1).
-            "zero_share": 0.01,
-            # Layer labels (diffprune.layers) whose >=2-D weights are masked; null = every
-            # transformer block (layer_0 .. layer_{L-1}), i.e. all their linear weights.
-            "layers": None,
-            # Adam rate of the mask scores (mean-1 scale): ~100 steps to move a score by one
-            # mean magnitude. The head trains at the run's training learning rate.
-            "score_learning_rate": 1e-2,
-        }
-
-    def __init__(self, **options) -> None:
-        super().__init__(**options)
-        share = self.options["zero_share"]
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
-            raise ValueError(f"sparsification: zero_share must be a fraction in (0, 1), got {share!r}")
-        layers = self.options["layers"]
-        if layers is not None and (isinstance(layers, str) or not layers or not all(isinstance(l, str) for l in layers)):
-            raise ValueError(f"sparsification: layers must be a non-empty list of layer labels, got {layers!r}")
-        if check_learning_rate(self.name, "score_learning_rate", self.options["score_learning_rate"]) is None:
-            raise ValueError("sparsification: score_learning_rate must be a positive number")
+    @dataclass(frozen=True)
+    class Options:
+        # A fraction, not a percent.
+        zero_share: float = option(0.01, "fraction of each masked tensor's entries set to zero", gt=0, lt=1)
+        # Labels as in diffprune.layers; their >=2-D weights (all the blocks' linear weights) are masked.
+        layers: list[str] | None = option(None, "layer labels whose weights are masked; null = every transformer "
+                                          "block", min_items=1)
+        # Mean-1 scale: ~100 steps move a score by one mean magnitude. The head trains at the
+        # run's training learning rate.
+        score_learning_rate: float = option(1e-2, "Adam learning rate of the mask scores", gt=0)
 
     def prepare(self, model: nn.Module, head_pattern: str) -> nn.Module:
         head = set(head_parameter_names(model, head_pattern))

@@ -5,7 +5,7 @@ Its run is the "source" of one projection + fixed-mask finetuning per sparsity r
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from torch import nn
 
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
+from diffprune.method_options import option
 from diffprune.methods import AdamWInBackward, Method, adamw
 from diffprune.seeding import RunSeeds
 from diffprune.stats import diff_stats
@@ -35,20 +36,32 @@ def steps_in_backward_allowed(training: dict, device: torch.device) -> bool:
             and resolve_precision(setting("precision"), device) != "fp16")
 
 
+_PAPER = DiffPruningConfig()  # the paper's hyperparameters: the defaults of the options below
+
+
 class AdaptiveDiffPruning(Method):
     name = "diff_pruning"
     projected = True
+    summary = "adaptive diff pruning (diffprune/adaptive.py): the L0 phase, then one prune run per rate"
 
-    @classmethod
-    def option_defaults(cls) -> dict[str, Any]:
-        defaults = {f.name: f.default for f in fields(DiffPruningConfig) if f.name != "head_pattern"}
-        # None: the run's gate-noise stream (derived from the run seed) seeds the noise; an
-        # integer pins it whatever the run seed (to replay one noise sequence).
-        defaults["mask_seed"] = None
-        # Learning rate of the gate log-odds alpha; None = the run's learning rate (the paper
-        # uses one rate). A larger one lets gates actually close within a short CPU run.
-        defaults["alpha_learning_rate"] = None
-        return defaults
+    @dataclass(frozen=True)
+    class Options:
+        # The DiffPruningConfig fields but head_pattern (the config's, not a method option),
+        # with the paper's defaults (section 4.3) as that class declares them.
+        structured: bool = option(_PAPER.structured,
+                                  "add one gate per weight matrix / bias vector (the paper's groups)")
+        l0_lambda: float = option(_PAPER.l0_lambda, "weight of the expected-L0 penalty", ge=0)
+        alpha_init: float = option(_PAPER.alpha_init, "initial gate log-odds (5 keeps the gates open at the start)")
+        left: float = option(_PAPER.left, "l < 0, lower end of the Hard-Concrete stretch interval", lt=0)
+        right: float = option(_PAPER.right, "r > 1, upper end of the Hard-Concrete stretch interval", gt=1)
+        w_init: float = option(_PAPER.w_init, "initial value of the dense diff vector w")
+        # None, not DiffPruningConfig's 0: a run's gate noise comes from its run seed unless pinned.
+        mask_seed: int | None = option(None, "null = the gate-noise stream derived from the run seed; an integer "
+                                       "pins the gate noise whatever the run seed", ge=0)
+        # Not in DiffPruningConfig: the optimizer's business (parameter_groups).
+        alpha_learning_rate: float | None = option(
+            None, "learning rate of the gate log-odds alpha; null = the run's learning_rate (the paper uses one "
+                  "rate; a larger one lets gates close within a short run)", gt=0)
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

@@ -1,12 +1,14 @@
 """The config schema (``workflow/schemas/config.schema.yaml``) as Python sees it.
 
-One declaration of every config key: its type, range, default and help text. This module
-reads config files (YAML 1.2 numbers, so ``1e-5`` is a float), validates them against the
-schema with messages that name the key and the fix, and derives from the schema what the
-rest of the code needs: the training defaults, the typed ``TrainingSettings``, each
-method's option schema, and the generated "Training settings" / "Method options" sections of
-docs/ARCHITECTURE.md (``python -m diffprune.config_schema --write-docs``). It imports
-neither torch nor the method registry.
+One declaration of every config key but the methods' own options: its type, range, default
+and help text. This module reads config files (YAML 1.2 numbers, so ``1e-5`` is a float),
+validates them against the schema with messages that name the key and the fix, and derives
+from the schema what the rest of the code needs: the training defaults, the typed
+``TrainingSettings`` and the generated "Training settings" section of docs/ARCHITECTURE.md
+(``python -m diffprune.config_schema --write-docs``). A method's options are declared by the
+method itself (``diffprune.method_options``) and checked with this module's validator; the
+docs' "Method options" section comes from those declarations. The module imports neither
+torch nor the method registry, except to generate the docs.
 """
 from __future__ import annotations
 
@@ -153,7 +155,8 @@ def check(value: Any, subschema: dict, prefix: str = "") -> None:
 
 
 def check_config(raw: dict) -> None:
-    """The whole config against the schema (the method options are checked per method)."""
+    """The whole config against the schema (a method's own options are checked against its
+    ``Options`` by diffprune.settings, where the registry names the method)."""
     check(raw, {k: v for k, v in schema().items() if k != "$defs"})
 
 
@@ -206,28 +209,10 @@ def typed_training(values: dict, where: str = "training") -> TrainingSettings:
     return TrainingSettings(**typed)
 
 
-# ----------------------------------------------------------------------------- methods
-
-
-def method_options_schema(method: str) -> dict | None:
-    """The declared options of a registered method, or None if the schema lacks it."""
-    declared = schema()["$defs"]["method_options"].get(method)
-    if declared is None:
-        return None
-    return {"type": "object", "properties": declared.get("properties") or {}, "additionalProperties": False}
-
-
-def check_method_options(method: str, options: dict, where: str) -> None:
-    subschema = method_options_schema(method)
-    if subschema is None:
-        raise ConfigError(f"{where}: method {method!r} has no options declared in {SCHEMA_PATH.name} "
-                          f"($defs.method_options.{method}); declare them there")
-    check(options, subschema, where)
-
-
 # ----------------------------------------------------------------------------- docs
 
-DOC_BEGIN = "<!-- generated from workflow/schemas/config.schema.yaml: python -m diffprune.config_schema --write-docs -->"
+DOC_BEGIN = ("<!-- generated from workflow/schemas/config.schema.yaml and each method's Options: "
+             "python -m diffprune.config_schema --write-docs -->")
 DOC_END = "<!-- end of generated section -->"
 
 
@@ -249,26 +234,28 @@ def _range_text(spec: dict) -> str:
     return ", ".join(parts)
 
 
-def _option_line(name: str, spec: dict) -> str:
+def option_line(name: str, spec: dict) -> str:
     extra = _range_text(spec)
     return (f"`{name}` ({_default_text(spec.get('default'))}{'; ' + extra if extra else ''}): "
             f"{spec.get('description', '')}")
 
 
 def render_docs() -> str:
-    """The generated part of docs/ARCHITECTURE.md: training settings and method options."""
+    """The generated part of docs/ARCHITECTURE.md: the training settings (from the schema) and
+    every registered method's options (from its ``Options`` dataclass)."""
     lines = [DOC_BEGIN, "", "### Training settings", "",
              "Keys of `training`, `models.<M>.training`, `task_training.<T>`, `methods.<K>.training` and "
              "`methods.<K>.task_training.<T>` (default; range):", ""]
-    lines += [f"- {_option_line(k, spec)}" for k, spec in training_properties().items()]
+    lines += [f"- {option_line(k, spec)}" for k, spec in training_properties().items()]
     lines += ["", "### Method options", "",
               "The keys of a `methods:` entry besides `method`, `tasks`, `rates`, `task_rates`, `task_seeds`, "
               "`training` and `task_training` (default; range):", ""]
-    for method, declared in schema()["$defs"]["method_options"].items():
-        options = declared.get("properties") or {}
-        lines.append(f"- `{method}`: {declared.get('description', '')}."
-                     + ("" if options else " No options."))
-        lines += [f"  - {_option_line(k, spec)}" for k, spec in options.items()]
+    # The methods' options are declared in their modules: reading them imports the registry
+    # and torch, which only the docs generator pays.
+    from diffprune.method_options import docs_lines
+    from diffprune.registry import METHODS, method_class
+
+    lines += docs_lines({name: method_class(name) for name in METHODS})
     return "\n".join(lines + ["", DOC_END])
 
 
@@ -278,7 +265,8 @@ def documented_section(text: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="print or write the docs generated from the config schema")
+    parser = argparse.ArgumentParser(
+        description="print or write the docs generated from the config schema and the method options")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the generated section of {ARCHITECTURE_DOC.name}")
     args = parser.parse_args(argv)
     generated = render_docs()

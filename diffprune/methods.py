@@ -6,11 +6,13 @@ in ``diffprune/registry.py`` (and a config entry to run it).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from diffprune import method_options
 
 if TYPE_CHECKING:
     from diffprune.artifact import Artifact, ArtifactIdentity
@@ -139,6 +141,15 @@ class Method:
     # the runner puts that run's directory into the option named ``run_option``.
     needs_run: ClassVar[str | None] = None
     run_option: ClassVar[str | None] = None
+    # One line on the method, for its entry in the generated "Method options" docs.
+    summary: ClassVar[str] = ""
+
+    @dataclass(frozen=True)
+    class Options:
+        """The method's own options, the keys of its config entry besides method, tasks, rates,
+        training ...: one field per option with its type, default, help text and range
+        (``diffprune.method_options.option``). A subclass declares its own ``Options``; the
+        defaults, the check of a config entry and the docs are derived from it. None here."""
 
     @classmethod
     def needs_run_for(cls, options: dict) -> bool:
@@ -146,18 +157,16 @@ class Method:
         return cls.needs_run is not None and options.get(cls.run_option) is None
 
     def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.option_defaults())
-        if unknown:
-            raise ValueError(
-                f"method {self.name!r} got unknown option(s) {sorted(unknown)}; "
-                f"it accepts {sorted(self.option_defaults())}"
-            )
+        # Checked against ``Options`` here too, not only at planning: a method built in Python
+        # gets the same unknown-key, type and range errors as a config entry.
+        name = self.name or type(self).__name__
+        method_options.check_options(name, self.Options, options, name)
         self.options = {**self.option_defaults(), **options}
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:
-        """The method's own options and their defaults."""
-        return {}
+        """The method's own options and their defaults (declared by ``Options``)."""
+        return method_options.defaults(cls.Options)
 
     def use_run_seeds(self, seeds: "RunSeeds") -> "RunSeeds":
         """Take the run's random streams before ``prepare``; return the seeds in effect.

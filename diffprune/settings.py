@@ -2,11 +2,12 @@
 
 The workflow (the Snakefile expands its DAG from ``diffprune.rungraph``) and the runner read
 the same file through this module, so "which runs exist" and "what one run trains with" can
-never disagree. Every key is declared once, in ``workflow/schemas/config.schema.yaml`` (type,
-range, default, help): ``load_config`` checks a config against it (``diffprune.config_schema``)
-and then checks in Python only what needs the method registry: that each method exists, its
-options fit its declared options and its own checks, and that a key building on another
-key's runs has them.
+never disagree. Every key is declared once (type, range, default, help): a method's own
+options by the method (its ``Options`` dataclass, ``diffprune.method_options``), every other
+key in ``workflow/schemas/config.schema.yaml``. ``load_config`` checks a config against the
+schema (``diffprune.config_schema``) and then checks in Python what needs the method registry:
+that each method exists, its options fit its ``Options`` and its own checks, and that a key
+building on another key's runs has them.
 
 Training settings resolve as (later wins)::
 
@@ -30,7 +31,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from diffprune import config_schema
+from diffprune import config_schema, method_options
 from diffprune.config_schema import ConfigError
 # The run graph lives in diffprune.rungraph; these names stay importable from here.
 from diffprune.rungraph import (  # noqa: F401
@@ -154,21 +155,11 @@ def _check_method_entry(cfg: dict, key: str, entry: dict) -> None:
 
 
 def check_method_options(key: str, name: str, cls, options: dict) -> None:
-    """A method entry's options, at planning: the schema's declaration of the method's
-    options (types, ranges), the type of each option's default in the method class for any
-    option the schema does not declare, then the method's own checks (it is built once)."""
+    """A method entry's options, at planning: against the method's ``Options`` (each key
+    declared, of its type, in its range), then the method's own checks of the options together
+    (it is built once)."""
     where = f"methods.{key}"
-    defaults = cls.option_defaults()
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(f"{where}: method {name!r} has no option(s) {unknown}; it accepts {sorted(defaults)}")
-    declared = config_schema.method_options_schema(name)
-    if declared is not None:
-        config_schema.check({k: v for k, v in options.items() if k in declared["properties"]},
-                            {**declared, "additionalProperties": True}, where)
-    for option, value in options.items():
-        if declared is None or option not in declared["properties"]:
-            _check_like_default(where, option, value, defaults[option])
+    method_options.check_options(name, cls.Options, options, where)
     probe = dict(options)
     if cls.needs_run_for(probe):
         probe[cls.run_option] = "<the run it reads>"  # supplied per run by the runner (--from)
@@ -176,22 +167,6 @@ def check_method_options(key: str, name: str, cls, options: dict) -> None:
         cls(**probe)
     except (ValueError, TypeError) as error:
         raise ConfigError(f"{where}: {error}") from None
-
-
-def _check_like_default(where: str, option: str, value: Any, default: Any) -> None:
-    """An option the schema does not declare takes the type of its default (none: any)."""
-    if default is None or value is None:
-        return
-    if isinstance(default, bool):
-        ok, wanted = isinstance(value, bool), "true or false"
-    elif isinstance(default, (int, float)):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        ok = ok and (isinstance(value, int) or not isinstance(default, int) or isinstance(default, float))
-        wanted = "a number" if isinstance(default, float) else "an integer"
-    else:
-        ok, wanted = isinstance(value, type(default)), f"a {type(default).__name__}"
-    if not ok:
-        raise ConfigError(f"{where}.{option} must be {wanted} (its default is {default!r}), got {value!r}")
 
 
 # ----------------------------------------------------------------------------- queries

@@ -175,3 +175,18 @@ def test_l0_run_stepping_in_backward_resumes_to_the_uninterrupted_result(tmp_pat
     assert expected.keys() == resumed.keys()
     for name in expected:
         assert torch.equal(resumed[name], expected[name]), name
+
+
+def test_options_are_the_diff_pruning_config_with_its_defaults():
+    """Every DiffPruningConfig hyperparameter but head_pattern (the config's) is an option, with
+    that class's default (the paper's); mask_seed is unpinned and alpha's rate is the optimizer's."""
+    from dataclasses import fields
+
+    from diffprune.diff_pruning_config import DiffPruningConfig
+
+    core = {f.name: f.default for f in fields(DiffPruningConfig) if f.name != "head_pattern"}
+    defaults = AdaptiveDiffPruning.option_defaults()
+    assert {k: v for k, v in defaults.items() if k in core and k != "mask_seed"} == {
+        k: v for k, v in core.items() if k != "mask_seed"}
+    assert set(defaults) == set(core) | {"alpha_learning_rate"}
+    assert defaults["mask_seed"] is None and defaults["alpha_learning_rate"] is None

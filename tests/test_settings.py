@@ -10,6 +10,7 @@ import re
 import pytest
 
 from diffprune import settings
+from diffprune.registry import METHODS, method_class
 
 
 def write(tmp_path, text: str, name: str = "exp.yaml"):
@@ -348,14 +349,27 @@ def test_method_options_are_typed_and_ranged_at_planning(tmp_path, entry, messag
     assert message in _error_of(tmp_path, f"tasks: [rte]\nmethods:\n  full_finetuning:\n  dp: {entry}")
 
 
-def test_options_the_schema_does_not_declare_take_their_default_type(monkeypatch):
-    from diffprune.registry import method_class
+def test_an_unknown_method_option_lists_the_accepted_ones(tmp_path):
+    message = _error_of(tmp_path, "tasks: [rte]\nmethods:\n  my_lora: {method: lora, rnk: 4}")
+    accepted = sorted(method_class("lora").option_defaults())
+    assert f"methods.my_lora: method 'lora' has no option(s) ['rnk']; it accepts {accepted}" in message
 
-    monkeypatch.setattr(settings.config_schema, "method_options_schema", lambda name: None)
-    cls = method_class("diff_pruning")
-    with pytest.raises(ValueError, match=r"methods.dp.structured must be true or false \(its default is False\)"):
-        settings.check_method_options("dp", "diff_pruning", cls, {"structured": "false"})
-    settings.check_method_options("dp", "diff_pruning", cls, {"structured": True, "l0_lambda": 1})
+
+def test_an_out_of_range_option_names_the_key_and_the_allowed_range(tmp_path):
+    message = _error_of(tmp_path, "tasks: [rte]\nmethods:\n  lora: {rank: 0}")
+    assert "methods.lora.rank must be >= 1 (rank r of the update), got 0" in message
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_registered_method_loads_with_its_dataclass_defaults_written_out(tmp_path, name):
+    """The entry's options are checked against the Options dataclass of the method the
+    registry names: its own defaults, written out in YAML, pass."""
+    import yaml
+
+    defaults = method_class(name).option_defaults()
+    body = yaml.safe_dump({"tasks": ["rte"], "methods": {"full_finetuning": None, "k": {"method": name, **defaults}}})
+    cfg = settings.load_config(write(tmp_path, body))
+    assert settings.method_entry(cfg, "k")[1] == defaults
 
 
 def test_training_settings_are_typed_with_help():
