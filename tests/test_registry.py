@@ -83,7 +83,9 @@ def prune(llama, tmp_path, key, source):
     out = tmp_path / key / "rate10"
     run_cli("prune", "--config", llama["config"], "--task", "rte", "--method-key", key, "--seed", 0,
             "--rate", 10, "--from", source, "--out", out)
-    return json.loads((out / "metrics.json").read_text()), out
+    metrics = json.loads((out / "metrics.json").read_text())
+    check_stored_task_reproduces(llama, tmp_path, metrics, out)
+    return metrics, out
 
 
 def check_stored_diff_reproduces(llama, tmp_path, metrics, out):
@@ -91,7 +93,6 @@ def check_stored_diff_reproduces(llama, tmp_path, metrics, out):
     run_cli("evaluate", "--diff", out / "diff.safetensors", "--config", llama["config"], "--task", "rte",
             "--out", evaluated)
     assert json.loads(evaluated.read_text())["metrics"] == metrics["metrics"]
-    check_stored_task_reproduces(llama, tmp_path, metrics, out)
 
 
 def check_stored_task_reproduces(llama, tmp_path, metrics, out):
