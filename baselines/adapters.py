@@ -8,21 +8,20 @@ The pretrained weights stay frozen.
 
 ``adapters.init`` rewires the model in place (same class name, same ``forward`` signature,
 ``model(**batch)`` with labels still returns the loss); the adapter named ``ADAPTER_NAME``
-is active in every forward pass after ``prepare``.
+is active in every forward pass after ``prepare``. A task stores what trains (adapter
+weights, the per-task layer norms, the head; ``Method.save``) under the adapter-initialised
+model's names, which ``prepare`` on a fresh base builds again.
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
-from baselines.common import (check_learning_rate, decay_groups,
-                              head_parameter_names, save_task_state, trainable_named_parameters)
+from baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.layers import is_layer_norm
 from diffprune.method_options import option
 from diffprune.methods import Method
@@ -127,18 +126,3 @@ class HoulsbyAdapters(Method):
     def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
         lr = check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
         return decay_groups(trainable_named_parameters(model), float(training.get("weight_decay", 0.0)), lr)
-
-    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        # One file with everything a task needs on top of the shared base: adapter weights,
-        # the per-task layer norms, the head and the task buffers, under the
-        # adapter-initialised model's names.
-        params = dict(model.named_parameters())
-        names = self.adapter_names + self.layer_norm_names + self.head_names
-        file_name = save_task_state(model, {n: params[n] for n in names}, out_dir, "adapter.safetensors",
-                                    method=self.name, options=self.options, adapter_name=ADAPTER_NAME,
-                                    adapter_config=model.adapters_config.get(ADAPTER_NAME))
-        config_name = "adapter_config.json"
-        (Path(out_dir) / config_name).write_text(json.dumps(
-            {"adapter_name": ADAPTER_NAME, "options": self.options,
-             "adapter_config": model.adapters_config.get(ADAPTER_NAME)}, indent=2, sort_keys=True, default=str))
-        return {"adapter": file_name, "config": config_name}

@@ -1,4 +1,4 @@
-"""Pieces the baselines share: picking the head, freezing, optimizer groups, safetensors export.
+"""Pieces the baselines share: picking the head, freezing, optimizer groups, option checks.
 
 Several baselines are "finetune a chosen subset of the pretrained parameters (+ the head),
 freeze the rest" (last layer, BitFit, critical layers); ``SubsetFinetuning`` implements that
@@ -6,15 +6,10 @@ once so that they differ only in which parameters they select.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
-from safetensors.torch import save_file
 from torch import nn
 
-from diffprune.atomic import write_with
 from diffprune.layers import is_head
 from diffprune.methods import Method
 
@@ -61,36 +56,6 @@ def decay_groups(named_params: Iterable[tuple[str, nn.Parameter]], weight_decay:
     return [g for g in groups if g["params"]]
 
 
-def cpu_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous, non-aliasing CPU copies (what safetensors requires)."""
-    return {name: t.detach().to("cpu", copy=True).contiguous() for name, t in tensors.items()}
-
-
-def save_tensors(tensors: dict[str, torch.Tensor], out_dir, file_name: str, **metadata) -> str:
-    """Write ``tensors`` to ``out_dir/file_name`` (safetensors); metadata values are JSON-encoded."""
-    header = {key: json.dumps(value, sort_keys=True, default=str) for key, value in metadata.items()}
-    tensors = cpu_copy(tensors)
-    # Atomically, with the permissions the umask gives, like every other output.
-    write_with(Path(out_dir) / file_name, lambda tmp: save_file(tensors, str(tmp), metadata=header))
-    return file_name
-
-
-def save_task_state(model: nn.Module, tensors: dict[str, torch.Tensor], out_dir, file_name: str,
-                    **metadata) -> str:
-    """``save_tensors`` with the model's task buffers beside ``tensors``.
-
-    Persistent buffers (BatchNorm running statistics and counters) change in training like
-    parameters do, and the trained model is evaluated with them: a file without them would
-    rebuild a model that evaluates with the pretrained statistics instead. They are stored
-    whole under their own names (listed in the metadata as ``task_buffers``).
-    """
-    from diffprune.reparam import task_buffers
-
-    buffers = task_buffers(model)
-    clash = sorted(set(buffers) & set(tensors))
-    if clash:
-        raise ValueError(f"{file_name}: names {clash[:5]} are both a stored tensor and a buffer")
-    return save_tensors({**tensors, **buffers}, out_dir, file_name, task_buffers=sorted(buffers), **metadata)
 
 
 def check_learning_rate(method: str, option: str, value) -> float | None:
@@ -110,8 +75,7 @@ class SubsetFinetuning(Method):
     """Train a selected subset of the pretrained parameters plus the head; freeze the rest.
 
     Subclasses implement ``select`` (which pretrained parameters train). The stored
-    per-task state is exactly the trained tensors and the task buffers, written as one
-    safetensors file.
+    per-task state is exactly the trained tensors and the task buffers (``Method.save``).
     """
 
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
@@ -138,11 +102,9 @@ class SubsetFinetuning(Method):
         return model
 
     def selection_metadata(self) -> dict:
-        """Extra facts about the selection worth keeping beside the weights (e.g. chosen layers)."""
+        """Facts about the selection on this model (e.g. the chosen layers); recorded as the
+        run's ``method_report`` and in its artifact."""
         return {}
 
-    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        tensors = dict(trainable_named_parameters(model))
-        file_name = save_task_state(model, tensors, out_dir, f"{self.name}.safetensors", method=self.name,
-                                    options=self.options, head=self.head_names, **self.selection_metadata())
-        return {"params": file_name}
+    def report(self) -> dict | None:
+        return self.selection_metadata() or None

@@ -91,6 +91,11 @@ class CriticalLayers(SubsetFinetuning):
     def selection_metadata(self) -> dict:
         return {"chosen_layers": self.chosen_layers}
 
+    def artifact_options(self) -> dict:
+        # The ranking is another run's file, which may be gone when the artifact is loaded:
+        # the layers it chose rebuild the same model on their own.
+        return {**self.options, "layers": self.chosen_layers, "ranking": None}
+
     def select(self, model: nn.Module, head_pattern: str) -> set[str]:
         labels = layer_labels(model, head_pattern)
         available = set(labels.values()) - {"head"}

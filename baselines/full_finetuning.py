@@ -1,16 +1,17 @@
 """Full finetuning: every parameter trains (the paper's 100% baseline).
 
-It is also the train phase of non-adaptive diff pruning, which magnitude-prunes
-``theta_finetuned - theta_pretrained``; hence ``dense_diff``. Its ``stats`` (the run's
-stats.json) hold the per-layer distance from the pretrained weights that the critical-layers
-baseline ranks layers by.
+A task stores the whole model, head and task buffers included (every parameter trains, and
+``Method.save`` stores what trains). It is also the train phase of non-adaptive diff pruning,
+which magnitude-prunes ``theta_finetuned - theta_pretrained``; hence ``dense_diff``. Its
+``stats`` (the run's stats.json) hold the per-layer distance from the pretrained weights that
+the critical-layers baseline ranks layers by.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from baselines.common import head_parameter_names, save_task_state, set_trainable
+from baselines.common import head_parameter_names, set_trainable
 from diffprune.layers import layer_labels, layer_order
 from diffprune.methods import Method
 from diffprune.stats import layer_distances
@@ -32,11 +33,6 @@ class FullFinetuning(Method):
             for name, param in model.named_parameters() if name not in head
         }
         return model
-
-    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        # A fully finetuned task stores the whole model (head and task buffers included).
-        tensors = dict(model.named_parameters())
-        return {"model": save_task_state(model, tensors, out_dir, "model.safetensors", method=self.name)}
 
     def stats(self, model: nn.Module) -> dict:
         """Per layer, how far finetuning moved the weights: {"per_layer_distance": {layer:

@@ -9,18 +9,16 @@ layers into the original model in place, so the wrapped model's parameter names 
 ``target_modules`` null (the default) takes PEFT's usual targets for the model's
 ``model_type`` (``query``/``value`` on BERT, ``q_proj``/``v_proj`` on Llama: W_q and W_v, the
 paper's choice); a list names them explicitly. Targets that match no module of the model are
-refused when the run is planned.
+refused when the run is planned. A task stores the LoRA factors and the head (what trains,
+``Method.save``); ``prepare`` on a fresh base rebuilds the same wrapped model to load them into.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import nn
 
-from baselines.common import (check_learning_rate, decay_groups, head_parameter_names,
-                              save_task_state, trainable_named_parameters)
+from baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.method_options import option
 from diffprune.methods import Method
 
@@ -115,13 +113,3 @@ class LoRA(Method):
     def parameter_groups(self, model: nn.Module, training: dict) -> list[dict]:
         lr = check_learning_rate(self.name, "learning_rate", self.options["learning_rate"])
         return decay_groups(trainable_named_parameters(model), float(training.get("weight_decay", 0.0)), lr)
-
-    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        params = dict(model.named_parameters())
-        # LoRA factors, the head and the task buffers (e.g. BatchNorm statistics).
-        file_name = save_task_state(model, {n: params[n] for n in self.lora_names + self.head_names}, out_dir,
-                                    "lora.safetensors", method=self.name, options=self.options)
-        config_name = "lora_config.json"
-        (Path(out_dir) / config_name).write_text(
-            json.dumps(self.peft_config.to_dict(), indent=2, sort_keys=True, default=str))
-        return {"lora": file_name, "config": config_name}

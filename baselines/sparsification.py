@@ -10,19 +10,18 @@ the loss sees its score pushed down.
 
 The mask is attached with ``torch.nn.utils.parametrize`` on the modules' ``weight``: the
 pretrained tensor stays where it is (as ``parametrizations.weight.original``, frozen) and no
-copy of the model is made. Per task only the zeroed positions (+ the head) are stored.
+copy of the model is made. Per task only the zeroed positions (+ the head and task buffers)
+are stored; loading turns them back into scores that zero exactly those positions.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from baselines.common import (decay_groups, head_parameter_names, save_task_state,
-                              save_tensors, trainable_named_parameters)
+from baselines.common import decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.layers import layer_labels, layer_order
 from diffprune.method_options import option
 from diffprune.methods import Method
@@ -75,19 +74,6 @@ class ZeroingMask(nn.Module):
 
     def zeroed_positions(self) -> torch.Tensor:
         return lowest_score_positions(self.scores, self.zero_count)
-
-
-def apply_zeroed_positions(model: nn.Module, positions_file) -> int:
-    """Zero the stored positions in a plain (unparametrized) model in place; return how many."""
-    params = dict(model.named_parameters())
-    zeroed = 0
-    with torch.no_grad():
-        for name, positions in load_file(str(positions_file)).items():
-            if name not in params:
-                raise KeyError(f"{positions_file}: model has no parameter {name!r}")
-            params[name].view(-1)[positions.long().to(params[name].device)] = 0
-            zeroed += positions.numel()
-    return zeroed
 
 
 class Sparsification(Method):
@@ -164,18 +150,34 @@ class Sparsification(Method):
         params = dict(model.named_parameters())
         return sum(m.zero_count for m in self.masks.values()) + sum(params[n].numel() for n in self.head_names)
 
-    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        positions = {}
-        for name, index in self.zeroed_positions().items():
-            # int32 halves the bytes per task whenever the tensor is small enough to allow it.
-            dtype = torch.int32 if self.masks[name].scores.numel() < 2**31 else torch.int64
-            positions[name] = index.to(dtype)
-        shapes = {name: list(mask.scores.shape) for name, mask in self.masks.items()}
-        params = dict(model.named_parameters())
-        return {
-            "mask": save_tensors(positions, out_dir, "zeroed_positions.safetensors", method=self.name,
-                                 options=self.options, shapes=shapes),
-            # the dense per-task tensors: the head and the task buffers
-            "head": save_task_state(model, {n: params[n] for n in self.head_names}, out_dir, "head.safetensors",
-                                    method=self.name),
-        }
+    def stored_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        # The zeroed positions (``zeroed.<weight name>``), not the scores that chose them: they
+        # are what the task changes, a share of the scores' size (int32 where the tensor allows).
+        state = super().stored_state(model)
+        names = {id(p): n for n, p in model.named_parameters()}
+        for name, mask in self.masks.items():
+            del state["param." + names[id(mask.scores)]]
+            dtype = torch.int32 if mask.scores.numel() < 2**31 else torch.int64
+            state["zeroed." + name] = mask.zeroed_positions().to(dtype)
+        return state
+
+    def load_stored_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+        # Scores that zero exactly the stored positions: 0 there, 1 elsewhere, and as many
+        # positions as the mask zeroes, so its lowest-score pick is exactly them.
+        from diffprune.artifact import ArtifactError
+
+        tensors = dict(tensors)
+        names = {id(p): n for n, p in model.named_parameters()}
+        for name, mask in self.masks.items():
+            positions = tensors.pop("zeroed." + name, None)
+            if positions is None or positions.dtype not in (torch.int32, torch.int64) or positions.ndim != 1:
+                raise ArtifactError(f"{source}: no 1-D integer zeroed.{name} (the positions this mask zeroes)")
+            index, size = positions.long(), mask.scores.numel()
+            in_range = not index.numel() or (int(index.min()) >= 0 and int(index.max()) < size)
+            if index.numel() != mask.zero_count or not in_range or torch.unique(index).numel() != index.numel():
+                raise ArtifactError(f"{source}: zeroed.{name} must be {mask.zero_count} distinct positions in "
+                                    f"[0, {size}) (zero_share {self.options['zero_share']})")
+            scores = torch.ones(mask.scores.numel(), dtype=mask.scores.dtype)
+            scores[index] = 0
+            tensors["param." + names[id(mask.scores)]] = scores.view_as(mask.scores)
+        super().load_stored_state(model, tensors, source)

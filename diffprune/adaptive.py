@@ -50,7 +50,6 @@ _PAPER = DiffPruningConfig()  # the paper's hyperparameters: the defaults of the
 class AdaptiveDiffPruning(Method):
     name = "diff_pruning"
     projected = True
-    export_is_dense_diff = True  # the L0 phase stores its dense diff: its prune runs' hand-over
     summary = "adaptive diff pruning (diffprune/adaptive.py): the L0 phase, then one prune run per rate"
 
     @dataclass(frozen=True)
@@ -155,16 +154,33 @@ class AdaptiveDiffPruning(Method):
         stats["expected_l0"] = float(model.expected_l0().detach())
         return stats
 
-    def export(self, model: DiffPrunedModel, out_dir) -> dict[str, str]:
-        """The dense diff with the head, for projection outside a run (inside one, the runner
-        writes this file itself: ``export_is_dense_diff``)."""
+    def save(self, model: DiffPrunedModel, out_dir, identity, dense_diff: str | None = None) -> dict:
+        """The L0 phase's payload is its dense diff with the head: the hand-over to its prune
+        runs, which a run that has prune runs has written already (``dense_diff``, with the base
+        fingerprint and the run's identity in its header; not written twice)."""
+        from diffprune.artifact import write_config
         from diffprune.handover import DENSE_DIFF_KIND, DENSE_DIFF_NAME
-        from diffprune.storage import save_dense_diff
+        from diffprune.storage import CHECKSUM_KEY, DENSE_FORMAT, read_header, save_dense_diff
 
-        # The head and the task buffers (e.g. BatchNorm statistics, updated by training) are
-        # loaded whole into the base before projection, so the prune runs start from this model.
-        head = {k: v.detach() for k, v in model.head_parameters().items()}
-        head.update({k: v.detach() for k, v in model.task_buffers().items()})
-        save_dense_diff(Path(out_dir) / DENSE_DIFF_NAME, model.dense_diff(), head,
-                        {"method": self.name, "options": self.options})
-        return {DENSE_DIFF_KIND: DENSE_DIFF_NAME}
+        path = Path(out_dir) / (dense_diff or DENSE_DIFF_NAME)
+        if dense_diff is None:
+            # The head and the task buffers (e.g. BatchNorm statistics, updated by training) are
+            # loaded whole into the base before projection, so the prune runs start from this model.
+            head = {k: v.detach() for k, v in model.head_parameters().items()}
+            head.update({k: v.detach() for k, v in model.task_buffers().items()})
+            save_dense_diff(path, model.dense_diff(), head,
+                            {"method": self.name, "options": self.options, "task": identity.task,
+                             "model_id": identity.model_id, "base_fingerprint": identity.fingerprint,
+                             "head_pattern": identity.head_pattern})
+        header = read_header(path, expected_format=DENSE_FORMAT)
+        stored = {"diffed_tensors": len(model.slots), "head": sorted(model.head_parameters())}
+        return write_config(out_dir, self, identity, path, DENSE_FORMAT, DENSE_DIFF_KIND, header[CHECKSUM_KEY],
+                            stored, self.new_parameter_count(model))
+
+    def load(self, model: nn.Module, artifact) -> nn.Module:
+        """theta_0 + delta written into ``model`` in place, with the stored head and buffers.
+        (The L0 forward computes theta_0 + z * w in one fused step where the hardware fuses it;
+        the stored delta is z * w rounded to fp32: equal up to the last bit of a weight.)"""
+        from diffprune.handover import apply_dense_diff_
+
+        return apply_dense_diff_(model, artifact)

@@ -3,7 +3,8 @@
 Verbs (docs/ARCHITECTURE.md, "Runner CLI"):
   train     --config CFG --task T --method-key K --seed S --out DIR [--from RUN_DIR] [--set key=value ...]
   prune     --config CFG --task T --method-key K --seed S --rate R --from SRC_DIR --out DIR [--set ...]
-  evaluate  --diff FILE --config CFG --task T --out FILE.json [--model-key M] [--set ...]
+  evaluate  --artifact RUN --config CFG --task T --out FILE.json [--model-key M] [--set ...]
+            (RUN: any run directory, its artifact.json, or a diff.safetensors; --diff is the same flag)
 
 Sharing and serving tasks (diffprune.pretrained, diffprune.serve, diffprune.diffsize):
   export           --diff FILE --out DIR [--task T] [--values-dtype fp32|bf16|fp16]   (save_pretrained)
@@ -16,8 +17,9 @@ Sharing and serving tasks (diffprune.pretrained, diffprune.serve, diffprune.diff
 Mistakes in the arguments or the config (unknown task / method key, a rate outside
 (0, 100], a missing data folder or source run) are reported in one line with exit code 2
 before any model loads. Failures while running keep their traceback (exit code 1), except a
-full disk ("no space left on the device holding <path>") and a run directory the run may not
-touch, which are one line (exit code 1).
+full disk ("no space left on the device holding <path>"), a run directory the run may not
+touch, and an artifact that does not fit the base model it is evaluated on, which are one
+line (exit code 1).
 """
 from __future__ import annotations
 
@@ -61,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--from", dest="source", required=True, help="the finished train run holding dense_diff.safetensors")
     prune.add_argument("--out", required=True, help="run directory to create")
 
-    evaluate = verbs.add_parser("evaluate", help="evaluate a stored sparse diff applied to the shared base model")
+    evaluate = verbs.add_parser("evaluate", help="evaluate any run's stored task model, rebuilt on the shared base")
     _add_common(evaluate)
-    evaluate.add_argument("--diff", required=True, help="diff.safetensors written by a prune run")
+    evaluate.add_argument("--artifact", "--diff", dest="artifact", required=True,
+                          help="a run directory (any method), its artifact.json, or a diff.safetensors")
     evaluate.add_argument("--model-key", default=None, help="model under `models:` (default: the config's `model`)")
     evaluate.add_argument("--out", required=True, help="JSON file to write")
 
@@ -125,6 +128,13 @@ def run_sharing_verb(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_artifact_error(error: ValueError) -> bool:
+    from diffprune.artifact import ArtifactError
+    from diffprune.storage import BaseModelMismatch, DiffFileError, TaskMismatch
+
+    return isinstance(error, (ArtifactError, BaseModelMismatch, DiffFileError, TaskMismatch))
+
+
 def make_plan(args: argparse.Namespace):
     overrides = settings.parse_overrides(args.overrides)
     if args.verb == "train":
@@ -133,7 +143,7 @@ def make_plan(args: argparse.Namespace):
     if args.verb == "prune":
         return run_plan.plan_prune(args.config, args.task, args.method_key, args.seed, args.rate,
                                    args.source, args.out, overrides)
-    return run_plan.plan_evaluate(args.diff, args.config, args.task, args.out, args.model_key, overrides)
+    return run_plan.plan_evaluate(args.artifact, args.config, args.task, args.out, args.model_key, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             evaluation.execute_evaluate(plan)
         else:
             runner.execute(plan)
+    except ValueError as error:
+        # An artifact that does not fit the base model loaded for it (or changed since planning):
+        # one line naming the fix; any other error keeps its traceback.
+        if args.verb != "evaluate" or not _is_artifact_error(error):
+            raise
+        print(f"diffprune evaluate: error: {error}", file=sys.stderr)
+        return RUN_ERROR
     except OSError as error:
         # A full disk or a run directory this run may not touch: one line that names the path
         # and the fix (the traceback of a full disk only says where the write happened).

@@ -1,9 +1,10 @@
 """Loading a task's model and data the way every run does, scoring a model on the task's dev
-sets, and the ``evaluate`` verb: a stored sparse diff applied to the config's base model.
+sets, and the ``evaluate`` verb: a stored run artifact (``diffprune.artifact``: any method's)
+rebuilt on the config's base model.
 
 ``train``, ``prune`` (``diffprune.runner``), ``evaluate`` and ``evaluate-folder``
-(``diffprune.pretrained``) all load and score through these functions, so that a stored diff
-evaluated later scores exactly as the run that made it did.
+(``diffprune.pretrained``) all load and score through these functions, so that a stored task
+evaluated later scores as the run that made it did.
 """
 from __future__ import annotations
 
@@ -48,12 +49,13 @@ def evaluate_module(task, module, data, training: dict, device, precision: str) 
 
 
 def execute_evaluate(plan: EvaluatePlan) -> dict | None:
-    """Load the shared base model, apply a stored sparse diff, evaluate, write the JSON."""
+    """Load the shared base model, rebuild a stored artifact's task model on it, evaluate,
+    write the JSON."""
     if os.path.lexists(plan.out_path):
         raise FileExistsError(f"--out {plan.out_path} exists: delete it or choose another --out")
     import torch
 
-    from diffprune.storage import apply_diff_, load_diff
+    from diffprune.artifact import load_task_model, read_artifact
     from diffprune.tasks import task_label_set
 
     set_thread_count(plan.training["num_threads"])
@@ -61,13 +63,12 @@ def execute_evaluate(plan: EvaluatePlan) -> dict | None:
     precision = resolve_precision(plan.training["precision"], device)
     task, model, _, model_id, data = load_task_and_model(plan.cfg, plan.task, plan.training, plan.data_cfg,
                                                          derive_seeds(0).model_init)
-    # load_diff verifies the payload checksum and the task; apply_diff_ refuses a diff made for
-    # another base model or one that does not fit it, before writing anything.
-    diff = load_diff(plan.diff_path, task=plan.task, labels=task_label_set(task))
-    apply_diff_(model, diff)
-    model.to(device)
-    evaluation = evaluate_module(task, model, data, plan.training, device, precision)
-    result = evaluation_result(plan, task=task, model_id=model_id, diff_header=diff.header, evaluation=evaluation,
+    # Read again (planning checked it): the files may have changed since. The method's load
+    # checks the payload, the task and the base model before it changes the model.
+    artifact = read_artifact(plan.artifact_path)
+    module = load_task_model(artifact, model, task=plan.task, labels=task_label_set(task)).to(device)
+    evaluation = evaluate_module(task, module, data, plan.training, device, precision)
+    result = evaluation_result(plan, task=task, model_id=model_id, artifact=artifact, evaluation=evaluation,
                                data=data, device_label=device_label(device), precision=precision,
                                num_threads=torch.get_num_threads())
     write_json(plan.out_path, result)

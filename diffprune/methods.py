@@ -16,6 +16,7 @@ from diffprune import method_options
 from diffprune.chunked import adamw_update_, chunks, dense_chunks
 
 if TYPE_CHECKING:
+    from diffprune.artifact import Artifact, ArtifactIdentity
     from diffprune.seeding import RunSeeds
 
 
@@ -166,11 +167,6 @@ class Method:
     # the runner puts that run's directory into the option named ``run_option``.
     needs_run: ClassVar[str | None] = None
     run_option: ClassVar[str | None] = None
-    # ``export`` writes the dense diff (``handover.DENSE_DIFF_NAME``) and nothing else. A run
-    # that hands its dense diff to prune runs writes that file itself, with the base
-    # fingerprint and the run's identity in its header, and skips such an export rather than
-    # write the file twice.
-    export_is_dense_diff: ClassVar[bool] = False
     # One line on the method, for its entry in the generated "Method options" docs.
     summary: ClassVar[str] = ""
 
@@ -249,9 +245,47 @@ class Method:
         """Parameters stored per task (the paper's "new params / task" column)."""
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    def export(self, model: nn.Module, out_dir) -> dict[str, str]:
-        """Write what the method stores per task into ``out_dir``; return {kind: file name}."""
-        return {}
+    # -- what one task stores: one payload + artifact.json (diffprune.artifact) --------------
+    def save(self, model: nn.Module, out_dir, identity: "ArtifactIdentity", dense_diff: str | None = None) -> dict:
+        """Write the task's artifact into ``out_dir``: ONE safetensors payload and
+        ``artifact.json``; return the config written. Default: ``stored_state`` as a task_state
+        payload. ``dense_diff``: the file name of the dense diff the run already wrote for this
+        model (its hand-over to prune runs), for a method whose payload that file is."""
+        from diffprune.artifact import save_state
+
+        return save_state(self, model, out_dir, identity)
+
+    @classmethod
+    def from_artifact(cls, config: dict) -> "Method":
+        """The method that ``load``s an artifact this class saved (``config``: its artifact.json)."""
+        return cls(**config["load_options"])
+
+    def artifact_options(self) -> dict[str, Any]:
+        """Options that make ``prepare`` build this run's structure again on a fresh base;
+        recorded as the artifact's ``load_options``. Default: the options as given."""
+        return dict(self.options)
+
+    def load(self, model: nn.Module, artifact: "Artifact") -> nn.Module:
+        """The task model ``save`` stored, rebuilt on ``model`` (a fresh base model with a head
+        of the task's shape), in eval mode. Default: check the base, ``prepare`` it as the run
+        did, then ``load_stored_state``."""
+        from diffprune.artifact import load_state
+
+        return load_state(self, model, artifact)
+
+    def stored_state(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The default payload's tensors: ``param.<name>`` for each parameter that trains
+        (``requires_grad`` after ``prepare``), ``buffer.<name>`` for each task buffer."""
+        from diffprune.artifact import trainable_state
+
+        return trainable_state(model)
+
+    def load_stored_state(self, model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+        """Put ``stored_state``'s tensors into a freshly prepared model: strictly (names, shapes
+        and dtypes must match, ``diffprune.artifact.ArtifactError`` otherwise), all or nothing."""
+        from diffprune.artifact import load_trainable_state_
+
+        load_trainable_state_(model, tensors, source)
 
     def stats(self, model: nn.Module) -> dict | None:
         """stats.json content for this run (per-layer nonzeros, zero groups, distances) or None."""

@@ -177,7 +177,8 @@ class FixedMaskFinetuning(Method):
                  task: str | None = None, labels: list[str] | None = None, **options) -> None:
         super().__init__(**options)
         self.dense = dense_diff
-        self.rate = check_rate(rate)
+        # None: an instance that only loads a stored diff (``from_artifact``), never prepares.
+        self.rate = None if rate is None else check_rate(rate)
         self.model_id = model_id
         # Recorded in the stored diff's header, so a loader can refuse it for another task.
         self.task, self.labels = task, labels
@@ -202,14 +203,35 @@ class FixedMaskFinetuning(Method):
     def new_parameter_count(self, model: FixedMaskModel) -> int:
         return model.nonzeros + sum(p.numel() for p in model.head_parameters().values())
 
-    def export(self, model: FixedMaskModel, out_dir) -> dict[str, str]:
+    def save(self, model: FixedMaskModel, out_dir, identity, dense_diff: str | None = None) -> dict:
+        """The payload is the sparse diff (``diffprune.storage``, ``diff.safetensors``)."""
         from pathlib import Path
 
-        from diffprune.storage import save_diff
+        from diffprune.artifact import write_config
+        from diffprune.storage import CHECKSUM_KEY, FORMAT, read_header, save_diff
 
-        save_diff(Path(out_dir) / "diff.safetensors", model, model_id=self.model_id, rate=self.rate,
-                  task=self.task, labels=self.labels)
-        return {"diff": "diff.safetensors"}
+        path = save_diff(Path(out_dir) / "diff.safetensors", model, model_id=identity.model_id or self.model_id,
+                         rate=self.rate, task=identity.task or self.task,
+                         labels=identity.labels if identity.labels is not None else self.labels)
+        header = read_header(path, expected_format=FORMAT)
+        stored = {key: header[key] for key in ("diffed_params", "nonzeros", "values_dtype", "head", "buffers")}
+        return write_config(out_dir, self, identity, path, FORMAT, "diff", header[CHECKSUM_KEY], stored,
+                            self.new_parameter_count(model))
+
+    @classmethod
+    def from_artifact(cls, config: dict) -> "FixedMaskFinetuning":
+        return cls(dense_diff=None, rate=config.get("rate"))
+
+    def load(self, model: nn.Module, artifact) -> nn.Module:
+        """Apply the stored sparse diff to ``model`` in place (every check of ``apply_diff_``,
+        the base fingerprint first, runs before anything is written)."""
+        from diffprune.artifact import check_pairing
+        from diffprune.storage import CHECKSUM_KEY, apply_diff_, load_diff
+
+        diff = load_diff(artifact.payload_path)
+        check_pairing(artifact, diff.header.get(CHECKSUM_KEY))
+        apply_diff_(model, diff)
+        return model.eval()
 
     def stats(self, model: FixedMaskModel) -> dict:
         from diffprune.layers import layer_labels

@@ -22,14 +22,36 @@ METHODS: dict[str, str] = {
 }
 
 
+# Methods that run a phase of a registered method and store its artifact, never named in a
+# config: every prune run is fixed-mask finetuning (``runner``), whatever its method key.
+PHASE_METHODS: dict[str, str] = {
+    "fixed_mask": "diffprune.projection:FixedMaskFinetuning",
+}
+
+
+def _import(name: str, entry: str) -> type[Method]:
+    module_name, class_name = entry.split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"registry entry {name!r} -> {entry} is not a Method subclass")
+    return cls
+
+
 def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}")
-    module_name, class_name = METHODS[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise TypeError(f"registry entry {name!r} -> {METHODS[name]} is not a Method subclass")
-    return cls
+    return _import(name, METHODS[name])
+
+
+def stored_method_class(name: str) -> type[Method]:
+    """The class named as an artifact's ``stored_by``: a registered method or a phase's
+    (only these names are looked up: an artifact names no code to import)."""
+    if name in PHASE_METHODS:
+        return _import(name, PHASE_METHODS[name])
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} (this diffprune knows {', '.join(sorted(METHODS))}); "
+                         "an artifact of a method added later needs a diffprune that has it")
+    return method_class(name)
 
 
 def build_method(name: str, **options) -> Method:

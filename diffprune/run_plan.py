@@ -205,12 +205,12 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
 
 @dataclass
 class EvaluatePlan:
-    """One ``evaluate`` request: a stored sparse diff, applied to the config's base model."""
+    """One ``evaluate`` request: a stored artifact, rebuilt on the config's base model."""
 
     cfg: dict
     config_path: str
     task: str
-    diff_path: Path
+    artifact_path: Path              # as given: a run directory, its artifact.json, or a payload file
     out_path: Path
     training: dict
     data_cfg: dict
@@ -220,10 +220,10 @@ class EvaluatePlan:
 def _refuse_existing_result(out_path: Path) -> None:
     if os.path.lexists(out_path):
         raise ValueError(f"--out {out_path} exists: evaluate never reuses or overwrites a result file "
-                         "(its scores could be another diff's); delete it or choose another --out")
+                         "(its scores could be another artifact's); delete it or choose another --out")
 
 
-def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | None = None,
+def plan_evaluate(artifact_path, config_path, task: str, out_path, model_key: str | None = None,
                   overrides: dict | None = None) -> EvaluatePlan:
     out_path = Path(out_path)
     _refuse_existing_result(out_path)
@@ -232,15 +232,15 @@ def plan_evaluate(diff_path, config_path, task: str, out_path, model_key: str | 
     if model_key is not None:
         settings.model_spec(cfg, model_key)
         cfg["model"] = model_key
-    diff_path = Path(diff_path)
-    if not diff_path.is_file():
-        raise FileNotFoundError(f"--diff {diff_path}: no such file")
-    from diffprune.storage import FORMAT, check_task, read_header
+    artifact_path = Path(artifact_path)
+    if not artifact_path.exists():
+        raise FileNotFoundError(f"--artifact {artifact_path}: no such file or directory")
+    from diffprune.artifact import check_task, read_artifact
     from diffprune.tasks import get_task, task_label_set
 
-    # A dense diff, a foreign file or another task's diff is refused before any model loads.
-    header = read_header(diff_path, expected_format=FORMAT)
-    check_task(header, task, task_label_set(get_task(task)), f"--diff {diff_path}")
-    return EvaluatePlan(cfg=cfg, config_path=str(config_path), task=task, diff_path=diff_path,
+    # A lone dense diff, a foreign or broken file, or another task's artifact is refused
+    # before any model loads.
+    check_task(read_artifact(artifact_path), task, task_label_set(get_task(task)))
+    return EvaluatePlan(cfg=cfg, config_path=str(config_path), task=task, artifact_path=artifact_path,
                         out_path=out_path, training=settings.resolve_training(cfg, task, None, "train", overrides),
                         data_cfg=settings.data_config(cfg, task), model_key=model_key)

@@ -99,6 +99,8 @@ def run_metrics(plan, *, base: LoadedBase, seeds: RunSeeds, method, module, task
     """metrics.json of a train or prune run (``plan``: its ``run_plan.RunPlan``; ``outcome``:
     the train loop's ``TrainOutcome``; ``run_dir``: where the exported files are; ``clock``:
     the job's ``PhaseClock``, read last so that ``timings.total`` covers building the record)."""
+    from diffprune.artifact import ARTIFACT_NAME
+
     new_params = int(method.new_parameter_count(module))
     pretrained_params = base.pretrained_params
     return json_safe({
@@ -118,8 +120,11 @@ def run_metrics(plan, *, base: LoadedBase, seeds: RunSeeds, method, module, task
         "pretrained_params": pretrained_params,
         "diffed_params": diff_count(method, stats, "diffed_params"),
         "nonzeros": diff_count(method, stats, "nonzeros"),
+        # The payload's bytes: the artifact.json beside it describes it in the same few hundred
+        # bytes for every method, so it is left out of the comparison.
         "bytes_per_task": file_bytes(run_dir, exported),
         "exported": exported,
+        "artifact": ARTIFACT_NAME,
         "train_seconds": outcome.train_seconds,
         "seconds_per_step": outcome.train_seconds / outcome.steps if outcome.steps else None,
         "peak_memory_bytes": peak_memory,
@@ -135,15 +140,20 @@ def run_metrics(plan, *, base: LoadedBase, seeds: RunSeeds, method, module, task
     })
 
 
-def evaluation_result(plan, *, task, model_id: str, diff_header: dict, evaluation: dict, data,
+def evaluation_result(plan, *, task, model_id: str, artifact, evaluation: dict, data,
                       device_label: str, precision: str, num_threads: int) -> dict:
     """The result file of ``evaluate`` (``plan``: its ``run_plan.EvaluatePlan``): the scores of a
-    stored diff applied to the config's base model, and what produced them."""
+    stored artifact (``diffprune.artifact.Artifact``) rebuilt on the config's base model, and
+    what produced them."""
     from diffprune import datahash, settings
 
+    config = artifact.config
     return json_safe({
-        "task": plan.task, "diff": str(plan.diff_path), "diff_bytes": plan.diff_path.stat().st_size,
-        "model_id": model_id, "base_fingerprint": diff_header.get("fingerprint"),
+        "task": plan.task, "artifact": str(plan.artifact_path), "payload": str(artifact.payload_path),
+        "payload_format": config["payload"]["format"], "payload_bytes": artifact.payload_path.stat().st_size,
+        "method": config.get("method"), "method_key": config.get("method_key"), "phase": config.get("phase"),
+        "rate": config.get("rate"), "seed": config.get("seed"),
+        "model_id": model_id, "base_fingerprint": artifact.base.get("fingerprint"),
         "metrics": evaluation.get("metrics"), "primary_metric": task.primary_metric,
         "scores": evaluation.get("scores"), "dev_examples": data.dev_examples,
         "dataset_note": data.note, "device": device_label, "precision": precision,

@@ -11,10 +11,12 @@ refused, and nothing is cleared or published through a link. ``train_loop`` writ
 checkpoint (``diffprune.checkpoint``) as it goes; rerunning a killed run resumes from it, and
 on the CPU finishes with the same numbers as an uninterrupted run.
 
-A run directory holds ``metrics.json`` (``diffprune.run_record``), whatever ``method.export``
-wrote, ``stats.json`` when the method has ``stats``, and for a train run whose key feeds
-prune runs ``dense_diff.safetensors`` (``diffprune.handover``). Training and evaluation use
-the device and autocast of ``diffprune.device``; the expected-L0 penalty is always fp32.
+A run directory holds ``metrics.json`` (``diffprune.run_record``), the run's artifact
+(``artifact.json`` and its one payload, ``Method.save``: ``diffprune.artifact``), ``stats.json``
+when the method has ``stats``, and for a train run whose key feeds prune runs
+``dense_diff.safetensors`` (``diffprune.handover``; the L0 phase's payload is this file).
+Training and evaluation use the device and autocast of ``diffprune.device``; the expected-L0
+penalty is always fp32.
 
 Testing hook: with ``DIFFPRUNE_TEST_CRASH_AFTER_STEPS=N`` the training loop raises
 ``SimulatedCrash`` right after optimizer step ``N`` (after the checkpoint of that step, if
@@ -33,8 +35,7 @@ from diffprune.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LEGACY_CHE
                                   restore_training, rng_states, save_checkpoint, trainable_state)
 from diffprune.device import device_label, peak_memory_bytes, pick_device, resolve_precision, set_thread_count
 from diffprune.evaluation import evaluate_module, load_task_and_model
-from diffprune.handover import (DENSE_DIFF_KIND, DENSE_DIFF_NAME, float_buffers, head_state, read_dense_diff_into,
-                                write_dense_diff)
+from diffprune.handover import DENSE_DIFF_NAME, float_buffers, head_state, read_dense_diff_into, write_dense_diff
 from diffprune.job_timings import PhaseClock
 from diffprune.progress import log, progress_bar
 from diffprune.run_plan import RunPlan
@@ -221,20 +222,16 @@ def _prepare_prune(plan: RunPlan, base: LoadedBase, task, device):
     return method, seeds, method.prepare(base.model, base.head_pattern).to(device)
 
 
-def _write_run_files(plan: RunPlan, base: LoadedBase, method, module,
+def _write_run_files(plan: RunPlan, base: LoadedBase, task, method, module,
                      buffers_before: dict) -> tuple[dict, dict | None]:
-    """The method's files, stats.json and the dense diff, into ``plan.tmp_dir``; returns
-    (what the method exported, its stats)."""
+    """The dense diff hand-over (if prune runs read it), the run's artifact (one payload +
+    ``artifact.json``, ``Method.save``) and stats.json, into ``plan.tmp_dir``; returns (the
+    payload as {kind: file name}, the stats)."""
+    from diffprune.artifact import ArtifactIdentity
+    from diffprune.tasks import task_label_set
+
     tmp = plan.tmp_dir
-    if plan.write_dense_diff and method.export_is_dense_diff:
-        # What the method would export is the dense diff written below: written once, by the
-        # hand-over, which names the base fingerprint and the run.
-        exported = {DENSE_DIFF_KIND: DENSE_DIFF_NAME}
-    else:
-        exported = method.export(module, tmp) or {}
-    stats = method.stats(module) if hasattr(method, "stats") else None
-    if stats is not None:
-        write_json(tmp / "stats.json", json_safe(stats))
+    handover = None
     if plan.write_dense_diff:
         # The hand-over to the prune runs: it names the base fingerprint (a prune run refuses a
         # diff of another base) and carries the floating buffers training changed with the head.
@@ -246,7 +243,17 @@ def _write_run_files(plan: RunPlan, base: LoadedBase, method, module,
                          {"task": plan.task, "method_key": plan.method_key, "method": plan.method_name,
                           "seed": plan.seed, "model_id": base.model_id, "base_fingerprint": base.fingerprint,
                           "head_pattern": base.head_pattern})
-    return exported, stats
+        handover = DENSE_DIFF_NAME
+    identity = ArtifactIdentity(model_id=base.model_id, fingerprint=base.fingerprint, head_pattern=base.head_pattern,
+                                task=plan.task, labels=task_label_set(task), method=plan.method_name,
+                                method_key=plan.method_key, options=plan.method_options, phase=plan.phase,
+                                rate=plan.rate, seed=plan.seed)
+    # A method whose payload is the dense diff (the L0 phase) takes the hand-over as it is.
+    payload = method.save(module, tmp, identity, dense_diff=handover)["payload"]
+    stats = method.stats(module) if hasattr(method, "stats") else None
+    if stats is not None:
+        write_json(tmp / "stats.json", json_safe(stats))
+    return {payload["kind"]: payload["file"]}, stats
 
 
 def _publish(plan: RunPlan, metrics: dict) -> None:
@@ -305,7 +312,7 @@ def _execute_claimed(plan: RunPlan) -> dict:
         evaluation = evaluate_module(task, module, data, training, device, precision)
     peak_memory = peak_memory_bytes(device)
     with clock.phase("write"):
-        exported, stats = _write_run_files(plan, base, method, module, buffers_before)
+        exported, stats = _write_run_files(plan, base, task, method, module, buffers_before)
 
     metrics = run_metrics(plan, base=base, seeds=seeds, method=method, module=module, task=task, data=data,
                           evaluation=evaluation, before_finetune=extra.get("before_finetune"),

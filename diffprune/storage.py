@@ -223,7 +223,8 @@ def _read_metadata(path, expected_format: str | None = None) -> tuple[dict, dict
         raise DiffFileError(
             f"{path} is a dense diff ({DENSE_FORMAT}: theta_task - theta_0 for every diffed entry, the "
             "hand-over from a train run to its prune runs), not a sparse task diff; evaluate and apply_diff_ "
-            "take the diff.safetensors a prune run writes (runs/<task>/<method key>/rate<R>/seed<S>/diff.safetensors)")
+            "take the diff.safetensors a prune run writes (runs/<task>/<method key>/rate<R>/seed<S>/diff.safetensors); "
+            "to evaluate the train run that wrote it, pass its run directory (its artifact.json)")
     if expected_format is not None and kind != expected_format:
         raise DiffFileError(f"{path} is a {kind} file, expected a {expected_format} file")
     try:
@@ -259,8 +260,10 @@ def _verify_payload(meta: dict, header: dict, tensors: dict[str, torch.Tensor], 
                             "copy it again or rerun the run that wrote it")
 
 
-def check_task(header: dict, task: str, labels: list[str] | None = None, source: str = "diff") -> None:
-    """Refuse a diff trained for another task, or for the same task with another label order."""
+def check_task(header: dict, task: str, labels: list[str] | None = None, source: str = "diff",
+               what: str = "diff") -> None:
+    """Refuse a diff (or, ``what``, another artifact: ``diffprune.artifact``) trained for another
+    task, or for the same task with another label order."""
     stored = header.get("task")
     if stored is None:
         warnings.warn(f"{source} does not say which task it was trained for (written before version 2, or "
@@ -268,8 +271,9 @@ def check_task(header: dict, task: str, labels: list[str] | None = None, source:
                       stacklevel=2)
         return
     if stored != task:
-        raise TaskMismatch(f"{source} is a diff for task {stored!r}, not {task!r}: evaluate it with "
-                           f"--task {stored}, or pass the diff of a {task!r} run")
+        article = "an" if what[:1] in "aeiou" else "a"
+        raise TaskMismatch(f"{source} is {article} {what} for task {stored!r}, not {task!r}: evaluate it with "
+                           f"--task {stored}, or pass the {what} of a {task!r} run")
     stored_labels = header.get("labels")
     if labels is not None and stored_labels is not None and [str(x) for x in labels] != stored_labels:
         raise TaskMismatch(f"{source} was trained for {task!r} with labels {stored_labels} (in output order), "

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffprune.adaptive import AdaptiveDiffPruning
+from diffprune.artifact import ArtifactIdentity
 from diffprune.projection import FixedMaskFinetuning
 from diffprune.storage import load_dense_diff
 from tests.tiny_convnet import (HEAD_PATTERN, PRETRAINED_BATCHES, assert_fresh_base_reproduces, pretrained_convnet,
@@ -14,6 +15,7 @@ from tests.tiny_convnet import (HEAD_PATTERN, PRETRAINED_BATCHES, assert_fresh_b
 def test_convnet_train_equals_stored_equals_evaluated(tmp_path, structured):
     images, _ = task_batch(seed=99)
     model = pretrained_convnet()
+    identity = ArtifactIdentity.of_base(model, HEAD_PATTERN)
     method = AdaptiveDiffPruning(structured=structured, alpha_init=2.0)
     dm = method.prepare(model, HEAD_PATTERN)
     optimizer = method.make_optimizer(dm, {"learning_rate": 1e-2, "weight_decay": 0.0})
@@ -25,7 +27,7 @@ def test_convnet_train_equals_stored_equals_evaluated(tmp_path, structured):
         l0_logits = dm.eval()(images)
 
     # the L0 run's hand-over carries the statistics with the head
-    method.export(dm, tmp_path)
+    method.save(dm, tmp_path, identity)
     dense, head, _ = load_dense_diff(tmp_path / "dense_diff.safetensors")
     for name in ("bn1.running_mean", "bn1.running_var", "layer1.1.running_var", "bn1.num_batches_tracked"):
         assert torch.equal(head[name], model.state_dict()[name]), name
@@ -41,7 +43,7 @@ def test_convnet_train_equals_stored_equals_evaluated(tmp_path, structured):
     assert int(prune_base.bn1.num_batches_tracked) == PRETRAINED_BATCHES + 3 + 2
     with torch.no_grad():
         trained = fixed.eval()(images)
-    fixed_method.export(fixed, tmp_path)
+    fixed_method.save(fixed, tmp_path, identity)
 
     # evaluate: a fresh base + the stored file gives the trained model's logits, bit for bit
     assert_fresh_base_reproduces(tmp_path / "diff.safetensors", images, trained)

@@ -73,14 +73,19 @@ def train(llama, tmp_path, key, needed_dir=None):
     out = tmp_path / key
     run_cli("train", "--config", llama["config"], "--task", "rte", "--method-key", key, "--seed", 0, "--out", out,
             *(["--from", needed_dir] if needed_dir else []))
-    return json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    if not method_class(metrics["method"]).projected:
+        check_stored_task_reproduces(llama, tmp_path, metrics, out)
+    return metrics
 
 
 def prune(llama, tmp_path, key, source):
     out = tmp_path / key / "rate10"
     run_cli("prune", "--config", llama["config"], "--task", "rte", "--method-key", key, "--seed", 0,
             "--rate", 10, "--from", source, "--out", out)
-    return json.loads((out / "metrics.json").read_text()), out
+    metrics = json.loads((out / "metrics.json").read_text())
+    check_stored_task_reproduces(llama, tmp_path, metrics, out)
+    return metrics, out
 
 
 def check_stored_diff_reproduces(llama, tmp_path, metrics, out):
@@ -88,6 +93,15 @@ def check_stored_diff_reproduces(llama, tmp_path, metrics, out):
     run_cli("evaluate", "--diff", out / "diff.safetensors", "--config", llama["config"], "--task", "rte",
             "--out", evaluated)
     assert json.loads(evaluated.read_text())["metrics"] == metrics["metrics"]
+
+
+def check_stored_task_reproduces(llama, tmp_path, metrics, out):
+    """`evaluate` on the run directory (its artifact.json, whatever the method) scores as the run did."""
+    evaluated = tmp_path / "evaluated-run.json"
+    run_cli("evaluate", "--artifact", out, "--config", llama["config"], "--task", "rte", "--out", evaluated)
+    result = json.loads(evaluated.read_text())
+    assert result["metrics"] == metrics["metrics"] and result["method"] == metrics["method"]
+    evaluated.unlink()
 
 
 def run_diff_pruning(llama, tmp_path):
@@ -107,6 +121,7 @@ def run_nonadaptive(llama, tmp_path):
 def run_full_finetuning(llama, tmp_path):
     metrics = json.loads((llama["full"] / "metrics.json").read_text())
     assert metrics["head_parameters"] == llama["head"] and metrics["steps"] == 2
+    check_stored_task_reproduces(llama, tmp_path, metrics, llama["full"])
 
 
 def run_last_layer(llama, tmp_path):
@@ -216,6 +231,7 @@ def bert_with_batchnorm():
 
 
 def train_briefly(method, model, batch, steps: int = 2):
+    """``steps`` optimizer steps on ``batch``; returns the module in eval mode."""
     module = method.prepare(model, BN_HEAD)
     optimizer = method.make_optimizer(module, {"learning_rate": 1e-2, "weight_decay": 0.0})
     module.train()
@@ -233,10 +249,14 @@ def train_briefly(method, model, batch, steps: int = 2):
 def test_every_method_stores_the_batchnorm_statistics_it_trained_with(name, tiny_batch, tmp_path):
     from diffprune.projection import FixedMaskFinetuning
 
+    from diffprune.artifact import ArtifactIdentity, load_task_model
+
     cls = method_class(name)
     trains = cls.reuses or name
     method = build_method(trains, **({"layers": ["layer_1"]} if trains == "critical_layers" else {}))
-    module = train_briefly(method, bert_with_batchnorm(), tiny_batch)
+    base = bert_with_batchnorm()
+    identity = ArtifactIdentity.of_base(base, BN_HEAD)
+    module = train_briefly(method, base, tiny_batch)
     if cls.projected:
         # What the method stores per task is the prune phase's sparse diff: fixed-mask
         # finetuning of the projected diff, which updates the statistics again.
@@ -247,11 +267,11 @@ def test_every_method_stores_the_batchnorm_statistics_it_trained_with(name, tiny
     assert not torch.equal(norm.running_mean, torch.full_like(norm.running_mean, -2.0))
     assert int(norm.num_batches_tracked) == 102
 
-    exported = method.export(module, tmp_path)
-    stored = {}
-    for file_name in exported.values():
-        if file_name.endswith(".safetensors"):
-            stored.update({key.removeprefix("buffer."): value for key, value in load_file(Path(tmp_path, file_name)).items()})
+    payload = method.save(module, tmp_path, identity)["payload"]["file"]
+    stored = {key.removeprefix("buffer."): value for key, value in load_file(Path(tmp_path, payload)).items()}
+    [loaded_norm] = [m for m in load_task_model(tmp_path, bert_with_batchnorm()).modules()
+                     if isinstance(m, nn.BatchNorm1d)]
     for statistic in ("running_mean", "running_var", "num_batches_tracked"):
         [value] = [v for k, v in stored.items() if k.endswith(f"pooler.activation.0.{statistic}")]
         assert torch.equal(value, getattr(norm, statistic)), statistic
+        assert torch.equal(getattr(loaded_norm, statistic), getattr(norm, statistic)), statistic

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffprune import evaluation, run_plan, runner
+from diffprune.artifact import STATE_NAME
 from diffprune.atomic import publish_dir, write_json
 from diffprune.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
@@ -97,7 +98,7 @@ def assert_same_tensors(a, b):
 def test_train_writes_a_complete_run(reference):
     out, metrics = reference["out"], reference["metrics"]
     # the dense diff is written because a projected entry (nonadaptive) reuses this key's runs
-    assert {"dense_diff.safetensors", "metrics.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert {"dense_diff.safetensors", "metrics.json", "artifact.json", STATE_NAME} <= {p.name for p in out.iterdir()}
     assert CHECKPOINT_NAME not in {p.name for p in out.iterdir()}
     assert not out.with_name(out.name + ".tmp").exists()
     on_disk = json.loads((out / "metrics.json").read_text())
@@ -108,7 +109,7 @@ def test_train_writes_a_complete_run(reference):
     assert on_disk["train_examples"] == 16 and on_disk["dev_examples"] == 8
     assert on_disk["primary_metric"] == "accuracy" and set(on_disk["scores"]) == {"rte"}
     assert on_disk["base_fingerprint"].startswith("sha256:")
-    assert on_disk["bytes_per_task"] == (out / "model.safetensors").stat().st_size
+    assert on_disk["bytes_per_task"] == (out / STATE_NAME).stat().st_size
     assert on_disk["new_params"] > on_disk["pretrained_params"] > 0  # full finetuning: body + head
     assert on_disk["config"]["training"]["learning_rate"] == 1e-3
     assert on_disk["versions"]["torch"] and on_disk["device"] == "cpu" and on_disk["peak_memory_bytes"] > 0
@@ -125,12 +126,12 @@ def test_same_seed_gives_identical_results(reference, tmp_path):
     again = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 0, tmp_path / "again"))
     for key in ("metrics", "scores", "majority_scores", "new_params", "steps", "base_fingerprint"):
         assert again[key] == reference["metrics"][key]
-    assert_same_tensors(tensors(tmp_path / "again" / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
+    assert_same_tensors(tensors(tmp_path / "again" / STATE_NAME), tensors(reference["out"] / STATE_NAME))
     other_seed = runner.execute(run_plan.plan_train(reference["config"], "rte", "full_finetuning", 1,
                                                     tmp_path / "seed1"))
     assert other_seed["base_fingerprint"] == reference["metrics"]["base_fingerprint"]  # same base, other head/order
-    assert not torch.equal(tensors(tmp_path / "seed1" / "model.safetensors")["classifier.weight"],
-                           tensors(reference["out"] / "model.safetensors")["classifier.weight"])
+    assert not torch.equal(tensors(tmp_path / "seed1" / STATE_NAME)["param.classifier.weight"],
+                           tensors(reference["out"] / STATE_NAME)["param.classifier.weight"])
 
 
 def test_finished_run_is_skipped(reference, capsys):
@@ -156,7 +157,7 @@ def test_crashed_run_resumes_to_the_uninterrupted_result(reference, tmp_path, mo
     assert metrics["steps"] == 8 and not out.with_name("resumed.tmp").exists()
     assert not (out / CHECKPOINT_NAME).exists()
     # dropout noise, data order and optimizer state all continue exactly where they stopped
-    assert_same_tensors(tensors(out / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
+    assert_same_tensors(tensors(out / STATE_NAME), tensors(reference["out"] / STATE_NAME))
     assert metrics["metrics"] == reference["metrics"]["metrics"]
 
 
@@ -207,7 +208,7 @@ def test_resume_never_unpickles(reference, tmp_path, monkeypatch, capsys):
     log = capsys.readouterr().err
     assert "old pickle format: not read" in log and "resuming from" in log and "step 4/8" in log
     assert metrics["steps"] == 8
-    assert_same_tensors(tensors(out / "model.safetensors"), tensors(reference["out"] / "model.safetensors"))
+    assert_same_tensors(tensors(out / STATE_NAME), tensors(reference["out"] / STATE_NAME))
 
     hostile = tmp_path / "hostile" / CHECKPOINT_NAME
     hostile.parent.mkdir()
@@ -230,7 +231,7 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
     out = tmp_path / "nonadaptive" / "rate10.0" / "seed0"
     metrics = runner.execute(run_plan.plan_prune(reference["config"], "rte", "nonadaptive", 0, 10, reference["out"],
                                                  out))
-    assert sorted(p.name for p in out.iterdir()) == ["diff.safetensors", "metrics.json", "stats.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["artifact.json", "diff.safetensors", "metrics.json", "stats.json"]
     assert METRICS_FIELDS <= set(metrics)
     assert metrics["phase"] == "prune" and metrics["rate"] == 10.0 and metrics["method"] == "nonadaptive_diff_pruning"
     assert metrics["source_scores"] == reference["metrics"]["scores"]
@@ -263,6 +264,31 @@ def test_prune_then_evaluate_the_stored_diff(reference, tmp_path):
         run_plan.plan_evaluate(out / "diff.safetensors", reference["config"], "mrpc", tmp_path / "mrpc.json")
     with pytest.raises(DiffFileError, match="is a dense diff .* evaluate and apply_diff_ take the diff.safetensors"):
         run_plan.plan_evaluate(reference["out"] / DENSE_DIFF_NAME, reference["config"], "rte", tmp_path / "d.json")
+
+
+def test_evaluate_takes_the_artifact_of_any_run(reference, tmp_path, capsys):
+    """A train run's artifact.json names the run and its one payload; evaluating the run
+    directory rebuilds the task model on a fresh base and scores as the run did."""
+    from diffprune import cli
+
+    out, metrics = reference["out"], reference["metrics"]
+    config = json.loads((out / "artifact.json").read_text())
+    assert metrics["artifact"] == "artifact.json" and metrics["exported"] == {"task_state": STATE_NAME}
+    assert config["method"] == "full_finetuning" and config["method_key"] == "full_finetuning"
+    assert config["phase"] == "train" and config["seed"] == 0 and config["task"] == "rte"
+    assert config["labels"] == ["entailment", "not_entailment"]
+    assert config["base"]["fingerprint"] == metrics["base_fingerprint"]
+    assert config["payload"] == {"file": STATE_NAME, "format": "diffprune.task_state", "kind": "task_state",
+                                 "sha256": config["payload"]["sha256"], "bytes": metrics["bytes_per_task"]}
+    assert config["new_params"] == metrics["new_params"]
+    result = evaluation.execute_evaluate(run_plan.plan_evaluate(out, reference["config"], "rte", tmp_path / "e.json"))
+    assert result["metrics"] == metrics["metrics"] and result["method"] == "full_finetuning"
+    assert result["payload_format"] == "diffprune.task_state"
+    # on another base: one line naming the fix, exit code 1, no result file
+    assert cli.main(["evaluate", "--artifact", str(out / "artifact.json"), "--config", reference["config"], "--task",
+                     "rte", "--model-key", "other_base", "--out", str(tmp_path / "other.json")]) == cli.RUN_ERROR
+    assert "was trained on base model tiny-random-bert" in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()
 
 
 def test_adaptive_diff_pruning_train_then_prune(reference, tmp_path, monkeypatch):
@@ -326,7 +352,8 @@ def test_critical_layers_ranks_by_the_full_finetuning_run_of_its_task_and_seed(r
     distances = json.loads((ff_run / "stats.json").read_text())["per_layer_distance"]
     competing = {k: v["relative_l2"] for k, v in distances.items() if k == "embeddings" or k.startswith("layer_")}
     most_moved = max(competing, key=competing.get)
-    trained = {layer_of(name, DEFAULT_HEAD_PATTERN) for name in tensors(tmp_path / "c" / "critical_layers.safetensors")}
+    stored = tensors(tmp_path / "c" / STATE_NAME)
+    trained = {layer_of(name.removeprefix("param."), DEFAULT_HEAD_PATTERN) for name in stored}
     assert trained == {most_moved, "head"}
 
 

@@ -81,3 +81,25 @@ def run_steps():
 @pytest.fixture
 def take_snapshot():
     return snapshot
+
+
+@pytest.fixture
+def tiny_bert_identity(tiny_bert):
+    """The artifact identity of ``tiny_bert`` as loaded: its base fingerprint is taken before a
+    test prepares and trains it, as the runner takes it."""
+    from diffprune.artifact import ArtifactIdentity
+
+    return ArtifactIdentity.of_base(tiny_bert, model_id="tiny-bert")
+
+
+def read_payload(out_dir, config: dict) -> dict[str, torch.Tensor]:
+    """The tensors of a saved task_state payload, trained parameters under their own names."""
+    from safetensors.torch import load_file
+
+    return {key.removeprefix("param."): value
+            for key, value in load_file(str(out_dir / config["payload"]["file"])).items()}
+
+
+@pytest.fixture
+def stored_by():
+    return read_payload

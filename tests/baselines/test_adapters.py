@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from baselines.adapters import HoulsbyAdapters, _reduction_factor
+from diffprune.artifact import load_task_model
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 # one adapter: down 16x4 + 4, up 4x16 + 16; two per block, two blocks
@@ -45,19 +45,15 @@ def test_own_learning_rate(tiny_bert):
     assert {g["lr"] for g in method.parameter_groups(module, {"learning_rate": 2e-5})} == {1e-4}
 
 
-def test_export_reloads(tiny_bert, tiny_batch, run_steps, tmp_path):
+def test_saved_task_reloads(tiny_bert, tiny_bert_identity, tiny_batch, run_steps, stored_by, tmp_path):
     fresh = copy.deepcopy(tiny_bert)
     method, module = _prepared(tiny_bert)
     run_steps(method, module, tiny_batch)
-    files = method.export(module, tmp_path)
-    stored = load_file(str(tmp_path / files["adapter"]))
-    assert sum(t.numel() for t in stored.values()) == 786
-    assert json.loads((tmp_path / files["config"]).read_text())["options"]["bottleneck"] == 4
+    config = method.save(module, tmp_path, tiny_bert_identity)
+    assert sum(t.numel() for t in stored_by(tmp_path, config).values()) == 786
+    assert json.loads((tmp_path / "artifact.json").read_text())["options"]["bottleneck"] == 4
     # a fresh base + the same adapter structure + the stored tensors = the trained model
-    _, reloaded = _prepared(fresh)
-    missing, unexpected = reloaded.load_state_dict(stored, strict=False)
-    assert not unexpected
-    reloaded.eval()
+    reloaded = load_task_model(tmp_path, fresh)
     with torch.no_grad():
         assert torch.equal(reloaded(**tiny_batch).logits, module(**tiny_batch).logits)
 

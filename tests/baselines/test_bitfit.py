@@ -1,5 +1,4 @@
 import pytest
-from safetensors.torch import load_file
 
 from baselines.bitfit import BitFit
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
@@ -30,11 +29,12 @@ def test_own_learning_rate(tiny_bert):
     assert {g["lr"] for g in optimizer.param_groups} == {2e-5}
 
 
-def test_export_reloads(tiny_bert, tiny_batch, run_steps, tmp_path):
+def test_saved_task_holds_the_biases_and_head(tiny_bert, tiny_bert_identity, tiny_batch, run_steps, stored_by,
+                                              tmp_path):
     method = BitFit()
     module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
     run_steps(method, module, tiny_batch)
-    stored = load_file(str(tmp_path / method.export(module, tmp_path)["params"]))
+    stored = stored_by(tmp_path, method.save(module, tmp_path, tiny_bert_identity))
     assert sum(t.numel() for t in stored.values()) == 354
 
 

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-from safetensors.torch import load_file
 
 from baselines.critical_layers import CriticalLayers
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
@@ -47,15 +46,15 @@ def test_rank_by_angle(tiny_bert, ranking):
     assert method.chosen_layers == ["embeddings"]
 
 
-def test_explicit_layers(tiny_bert, tiny_batch, check_trains_exactly, counts, tmp_path):
+def test_explicit_layers(tiny_bert, tiny_bert_identity, tiny_batch, check_trains_exactly, counts, stored_by,
+                         tmp_path):
     method = build_method("critical_layers", layers=["layer_1", "embeddings"])
     module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
     assert method.chosen_layers == ["embeddings", "layer_1"]
     declared = _names(module, "bert.embeddings.", "bert.encoder.layer.1.", "classifier.")
     check_trains_exactly(method, module, tiny_batch, declared)
     assert method.new_parameter_count(module) == counts["embeddings"] + counts["block"] + counts["head"]
-    files = method.export(module, tmp_path)
-    assert set(load_file(str(tmp_path / files["params"]))) == declared
+    assert set(stored_by(tmp_path, method.save(module, tmp_path, tiny_bert_identity))) == declared
 
 
 def test_explicit_layers_may_name_the_pooler(tiny_bert):

@@ -2,7 +2,6 @@ import copy
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from baselines.full_finetuning import FullFinetuning
 from baselines.nonadaptive import NonAdaptiveDiffPruning
@@ -35,14 +34,15 @@ def test_dense_diff_before_prepare_is_an_error(tiny_bert):
         FullFinetuning().dense_diff(tiny_bert)
 
 
-def test_export_reloads(tiny_bert, tiny_batch, run_steps, tmp_path):
+def test_saved_task_reloads(tiny_bert, tiny_bert_identity, tiny_batch, run_steps, stored_by, tmp_path):
     fresh = copy.deepcopy(tiny_bert)
     method = FullFinetuning()
     module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
     run_steps(method, module, tiny_batch)
-    files = method.export(module, tmp_path)
-    assert files == {"model": "model.safetensors"}
-    fresh.load_state_dict(load_file(str(tmp_path / files["model"])), strict=False)
+    config = method.save(module, tmp_path, tiny_bert_identity)
+    assert config["payload"]["file"] == "task_state.safetensors"  # the whole model
+    assert set(stored_by(tmp_path, config)) == {n for n, _ in module.named_parameters()}
+    fresh.load_state_dict(stored_by(tmp_path, config), strict=False)
     with torch.no_grad():
         assert torch.equal(fresh(**tiny_batch).logits, module(**tiny_batch).logits)
 

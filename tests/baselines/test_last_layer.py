@@ -1,6 +1,5 @@
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from baselines.last_layer import LastLayer
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
@@ -25,12 +24,12 @@ def test_without_pooler(tiny_bert, tiny_batch, check_trains_exactly):
     assert method.new_parameter_count(module) == 2224 + 34
 
 
-def test_export_holds_the_trained_tensors(tiny_bert, tiny_batch, run_steps, tmp_path):
+def test_saved_task_holds_the_trained_tensors(tiny_bert, tiny_bert_identity, tiny_batch, run_steps, stored_by,
+                                              tmp_path):
     method = LastLayer()
     module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
     run_steps(method, module, tiny_batch)
-    files = method.export(module, tmp_path)
-    stored = load_file(str(tmp_path / files["params"]))
+    stored = stored_by(tmp_path, method.save(module, tmp_path, tiny_bert_identity))
     params = dict(module.named_parameters())
     assert set(stored) == {n for n, p in params.items() if p.requires_grad}
     assert all((stored[n] == params[n].detach()).all() for n in stored)

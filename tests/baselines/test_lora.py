@@ -3,9 +3,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from baselines.lora import LoRA
+from diffprune.artifact import load_task_model
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 # rank 2 on query and value of both blocks: A 2x16 + B 16x2 each
@@ -30,19 +30,15 @@ def test_starts_as_the_pretrained_model(tiny_bert, tiny_batch):
     assert out.loss is not None
 
 
-def test_export_reloads(tiny_bert, tiny_batch, run_steps, tmp_path):
+def test_saved_task_reloads(tiny_bert, tiny_bert_identity, tiny_batch, run_steps, stored_by, tmp_path):
     fresh = copy.deepcopy(tiny_bert)
     method = LoRA(rank=2)
     module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
     run_steps(method, module, tiny_batch)
-    files = method.export(module, tmp_path)
-    stored = load_file(str(tmp_path / files["lora"]))
-    assert sum(t.numel() for t in stored.values()) == 290
-    assert json.loads((tmp_path / files["config"]).read_text())["r"] == 2
-    reloaded = LoRA(rank=2).prepare(fresh, DEFAULT_HEAD_PATTERN)
-    _, unexpected = reloaded.load_state_dict(stored, strict=False)
-    assert not unexpected
-    reloaded.eval()
+    config = method.save(module, tmp_path, tiny_bert_identity)
+    assert sum(t.numel() for t in stored_by(tmp_path, config).values()) == 290
+    assert json.loads((tmp_path / "artifact.json").read_text())["load_options"]["rank"] == 2
+    reloaded = load_task_model(tmp_path, fresh)
     with torch.no_grad():
         assert torch.equal(reloaded(**tiny_batch).logits, module(**tiny_batch).logits)
 

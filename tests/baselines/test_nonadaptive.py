@@ -4,6 +4,7 @@ that file evaluates like the trained model."""
 import torch
 
 from baselines.full_finetuning import FullFinetuning
+from diffprune.artifact import ArtifactIdentity
 from diffprune.handover import float_buffers, head_state
 from diffprune.projection import FixedMaskFinetuning
 from diffprune.storage import load_dense_diff, save_dense_diff
@@ -13,6 +14,7 @@ from tests.tiny_convnet import HEAD_PATTERN, assert_fresh_base_reproduces, pretr
 def test_convnet_train_equals_stored_equals_evaluated(tmp_path):
     images, _ = task_batch(seed=99)
     model = pretrained_convnet()
+    identity = ArtifactIdentity.of_base(model, HEAD_PATTERN)
     buffers_before = float_buffers(model)
     full = FullFinetuning()
     module = full.prepare(model, HEAD_PATTERN)
@@ -33,6 +35,6 @@ def test_convnet_train_equals_stored_equals_evaluated(tmp_path):
     train_steps(fixed, method.make_optimizer(fixed, {"learning_rate": 1e-2}), 2, first_seed=10)
     with torch.no_grad():
         trained = fixed.eval()(images)
-    method.export(fixed, tmp_path)
+    method.save(fixed, tmp_path, identity)
 
     assert_fresh_base_reproduces(tmp_path / "diff.safetensors", images, trained)

@@ -2,11 +2,11 @@ import copy
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-from baselines.sparsification import Sparsification, ZeroingMask, apply_zeroed_positions
+from baselines.sparsification import Sparsification, ZeroingMask
+from diffprune.artifact import load_task_model
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 # zero_share 0.1 on every block's linear weights: q, k, v, o (256 entries -> 26 zeros each),
@@ -85,17 +85,22 @@ def test_selected_layers_only(tiny_bert):
         "bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings", "bert.embeddings.token_type_embeddings"}
 
 
-def test_export_reloads_onto_a_plain_model(tiny_bert, tiny_batch, run_steps, tmp_path):
+def test_saved_task_stores_the_zeroed_positions_and_reloads(tiny_bert, tiny_bert_identity, tiny_batch, run_steps,
+                                                            stored_by, tmp_path):
     fresh = copy.deepcopy(tiny_bert)
     method = Sparsification(zero_share=0.1, score_learning_rate=1.0)
     module = method.prepare(tiny_bert, DEFAULT_HEAD_PATTERN)
     run_steps(method, module, tiny_batch)
-    files = method.export(module, tmp_path)
-    positions = load_file(str(tmp_path / files["mask"]))
+    stored = stored_by(tmp_path, method.save(module, tmp_path, tiny_bert_identity))
+    positions = {k.removeprefix("zeroed."): v for k, v in stored.items() if k.startswith("zeroed.")}
     assert all(t.dtype == torch.int32 for t in positions.values())
     assert set(positions) == {f"{n}.weight" for n in _masked_modules(module)}
-    assert apply_zeroed_positions(fresh, tmp_path / files["mask"]) == ZEROS
-    fresh.load_state_dict(load_file(str(tmp_path / files["head"])), strict=False)
+    assert sum(t.numel() for t in positions.values()) == ZEROS
+    assert set(stored) - {f"zeroed.{n}" for n in positions} == {"classifier.weight", "classifier.bias"}
+    # a fresh base zeroes exactly the stored positions
+    fresh = load_task_model(tmp_path, fresh)
+    for name, module_masked in _masked_modules(fresh).items():
+        assert _zeroed(module_masked.weight) >= set(positions[f"{name}.weight"].tolist())
     with torch.no_grad():
         assert torch.equal(fresh(**tiny_batch).logits, module(**tiny_batch).logits)
 

@@ -11,6 +11,8 @@
 # Each job's output is its run directory, which the runner writes as DIR.tmp and renames
 # when complete: a directory that exists is finished, so an interrupted workflow re-runs
 # only the jobs whose directories are missing (and resumes them from DIR.tmp/checkpoint.safetensors).
+# Every run directory holds the run's task as one payload + artifact.json, whatever the method
+# (`python -m diffprune evaluate --artifact DIR` scores it), so no rule lists per-method files.
 #
 # resources: gpu=1 caps concurrency under `--resources gpu=N` and maps to --gpus=1 on SLURM;
 # it constrains nothing when no gpu resource is given, so the same DAG runs on a CPU.
