@@ -15,7 +15,7 @@ from diffprune.registry import METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 # What a wheel is built from: pyproject names these (and the README as its long description).
-SOURCES = ("pyproject.toml", "README.md", "diffprune", "baselines", "analysis")
+SOURCES = ("pyproject.toml", "README.md", "diffprune", "baselines", "analysis", "workflow/schemas")
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,9 @@ def wheel(tmp_path_factory) -> Path:
         else:
             shutil.copy(REPO / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(source)], check=True, capture_output=True, text=True)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--wheel-dir", str(out), str(source)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr[-3000:]
     (built,) = out.glob("diffprune-*.whl")
     return built
 
@@ -46,6 +47,7 @@ def test_the_wheel_has_one_top_level_name_and_every_registered_method(wheel):
         assert module.replace(".", "/") + ".py" in names, f"{module} is not in the wheel"
     assert "diffprune/analysis/__main__.py" in names  # `python -m diffprune.analysis`
     assert "diffprune/tasks/glue.py" in names
+    assert "diffprune/workflow_schemas/config.schema.yaml" in names  # load_config validates against it
 
 
 @pytest.mark.slow
@@ -53,13 +55,17 @@ def test_an_installed_wheel_imports_its_own_copies(wheel, tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
                     str(wheel)], check=True, capture_output=True, text=True)
+    # A config loads (validated against the schema the wheel carries) and a method resolves.
     probe = ("import sys; sys.path.insert(0, sys.argv[1]); import diffprune.baselines, diffprune.analysis; "
-             "print(diffprune.baselines.__file__); print(diffprune.analysis.__file__)")
+             "from diffprune import config_schema, settings; from diffprune.registry import method_class; "
+             "settings.load_config(sys.argv[2]); method_class('bitfit'); "
+             "print(diffprune.baselines.__file__); print(diffprune.analysis.__file__); print(config_schema.SCHEMA_PATH)")
     # Run outside the checkout, so that nothing but the installed copy can answer.
-    result = subprocess.run([sys.executable, "-c", probe, str(site)], cwd=tmp_path, check=True,
-                            capture_output=True, text=True)
-    assert result.stdout.split() == [str(site / "diffprune" / "baselines" / "__init__.py"),
-                                     str(site / "diffprune" / "analysis" / "__init__.py")]
+    result = subprocess.run([sys.executable, "-c", probe, str(site), str(REPO / "config" / "config.yaml")],
+                            cwd=tmp_path, check=True, capture_output=True, text=True)
+    package = site / "diffprune"
+    assert result.stdout.split() == [str(package / "baselines" / "__init__.py"), str(package / "analysis" / "__init__.py"),
+                                     str(package / "workflow_schemas" / "config.schema.yaml")]
 
 
 def test_a_source_checkout_finds_the_folders_beside_the_package():
