@@ -1,4 +1,4 @@
-"""``python -m analysis <verb>``: collect | tables | figures | readme (see each verb's --help).
+"""``python -m diffprune.analysis <verb>``: collect | tables | figures | readme (see each verb's --help).
 
 Exit status 0 when every output that the run set has data for was written; 1 with a message
 naming what is missing otherwise (an empty run set, a missing column)."""
@@ -8,11 +8,11 @@ import argparse
 import logging
 import sys
 
-from analysis.runset import AnalysisError
+from diffprune.analysis.runset import AnalysisError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m diffprune.analysis", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
 
     collect = verbs.add_parser("collect", help="runs/ tree -> summary.csv (+ layers.csv)")
@@ -42,17 +42,17 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.verb == "collect":
-            from analysis.collect import write_collection
+            from diffprune.analysis.collect import write_collection
             summary, layers = write_collection(args.runs, args.out, args.layers_out, args.only)
             logging.info("wrote %s and %s", summary, layers)
         elif args.verb == "tables":
-            from analysis.report import make_tables
+            from diffprune.analysis.report import make_tables
             make_tables(args.summary, args.layers, args.out_dir)
         elif args.verb == "figures":
-            from analysis.report import make_figures
+            from diffprune.analysis.report import make_figures
             make_figures(args.summary, args.layers, args.out_dir)
         elif args.verb == "readme":
-            from analysis.report import write_readme
+            from diffprune.analysis.report import write_readme
             logging.info("wrote %s", write_readme(args.dir))
     except AnalysisError as error:
         print(f"analysis {args.verb}: error: {error}", file=sys.stderr)

@@ -28,9 +28,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from analysis import reference
-from analysis.render import Table
-from analysis.runset import (ADAPTERS, FULL_FINETUNING, LAST_LAYER, NONADAPTIVE_DIFF_PRUNING, chosen_rate,
+from diffprune.analysis import reference
+from diffprune.analysis.render import Table
+from diffprune.analysis.runset import (ADAPTERS, FULL_FINETUNING, LAST_LAYER, NONADAPTIVE_DIFF_PRUNING, chosen_rate,
                              column_title, diff_pruning_variant, display_name, final_runs, format_mean_std,
                              layer_counts, score_columns, summarise_scores)
 from diffprune.rungraph import rate_label

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.diff_files import diff_file_columns
-from analysis.output import write_csv
-from analysis.runset import AnalysisError
+from diffprune.analysis.diff_files import diff_file_columns
+from diffprune.analysis.output import write_csv
+from diffprune.analysis.runset import AnalysisError
 
 IDENTITY_FIELDS = ("task", "method_key", "method", "phase", "rate", "seed")
 REQUIRED_METRICS_FIELDS = ("task", "method_key", "method", "phase", "seed")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis.runset import AnalysisError
+from diffprune.analysis.runset import AnalysisError
 
 DIFF_FILE_NAME = "diff.safetensors"
 PREFIX = "diff_file."

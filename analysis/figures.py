@@ -20,13 +20,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from analysis.output import save_figure, write_csv  # noqa: E402
-from analysis.runset import (FULL_FINETUNING, AnalysisError, chosen_rate,  # noqa: E402
+from diffprune.analysis.output import save_figure, write_csv  # noqa: E402
+from diffprune.analysis.runset import (FULL_FINETUNING, AnalysisError, chosen_rate,  # noqa: E402
                              column_title, diff_pruning_variant, display_name, final_runs,
                              format_percent, is_full_finetuning, layer_counts, ordered_layers,
                              require_columns,
                              score_columns, summarise_scores)
-from analysis.tables import Skipped  # noqa: E402
+from diffprune.analysis.tables import Skipped  # noqa: E402
 from diffprune.rungraph import rate_label  # noqa: E402
 
 

@@ -69,7 +69,7 @@ def require_columns(frame: pd.DataFrame, columns, what: str) -> None:
 def load_summary(path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise AnalysisError(f"summary file {path} does not exist; run `python -m analysis collect` first")
+        raise AnalysisError(f"summary file {path} does not exist; run `python -m diffprune.analysis collect` first")
     try:
         summary = pd.read_csv(path)
     except pd.errors.EmptyDataError:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.render import Table
-from analysis.runset import AnalysisError, display_name
+from diffprune.analysis.render import Table
+from diffprune.analysis.runset import AnalysisError, display_name
 
 SERVING_FILE = "serving.json"
 REQUIRED = ("model_id", "method_key", "rate", "tasks", "per_task", "measured", "extrapolated", "rounds")
@@ -22,7 +22,7 @@ TOTAL_FIELDS = ("n_tasks", "bank_resident_bytes", "full_models_resident_bytes", 
 
 
 def read_serving(path: Path) -> dict:
-    from analysis.tables import Skipped
+    from diffprune.analysis.tables import Skipped
 
     if not path.is_file():
         raise Skipped(f"no {path.name} beside summary.csv: measure it with `python -m diffprune.serve --config "

@@ -12,9 +12,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis import reference
-from analysis.render import Table
-from analysis.runset import (FULL_FINETUNING, SQUAD_COLUMNS, TABLE1_AVERAGE_EXCLUDES, AnalysisError,
+from diffprune.analysis import reference
+from diffprune.analysis.render import Table
+from diffprune.analysis.runset import (FULL_FINETUNING, SQUAD_COLUMNS, TABLE1_AVERAGE_EXCLUDES, AnalysisError,
                              column_title, diff_pruning_variant, display_name, final_runs,
                              format_mean_std, format_percent, is_full_finetuning,
                              require_columns, score_columns, summarise_scores)

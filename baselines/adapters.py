@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
+from diffprune.baselines.common import check_learning_rate, decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.layers import is_layer_norm
 from diffprune.method_options import option
 from diffprune.methods import Method

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning, check_learning_rate, decay_groups, trainable_named_parameters
+from diffprune.baselines.common import SubsetFinetuning, check_learning_rate, decay_groups, trainable_named_parameters
 from diffprune.layers import is_head
 from diffprune.method_options import option
 

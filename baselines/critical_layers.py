@@ -17,7 +17,7 @@ from typing import Literal
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning
+from diffprune.baselines.common import SubsetFinetuning
 from diffprune.layers import layer_labels, layer_order
 from diffprune.method_options import option
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from baselines.common import head_parameter_names, set_trainable
+from diffprune.baselines.common import head_parameter_names, set_trainable
 from diffprune.layers import layer_labels, layer_order
 from diffprune.methods import Method
 from diffprune.stats import layer_distances

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from baselines.common import SubsetFinetuning
+from diffprune.baselines.common import SubsetFinetuning
 from diffprune.layers import block_prefixes, is_head, is_layer_norm
 from diffprune.method_options import option
 

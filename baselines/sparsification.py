@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from baselines.common import decay_groups, head_parameter_names, trainable_named_parameters
+from diffprune.baselines.common import decay_groups, head_parameter_names, trainable_named_parameters
 from diffprune.layers import layer_labels, layer_order
 from diffprune.method_options import option
 from diffprune.methods import Method

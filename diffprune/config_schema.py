@@ -22,7 +22,11 @@ from typing import Any, Optional
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+# The schema's one source is the workflow's (Snakemake validates configs against it); an
+# installed wheel carries it inside the package (pyproject maps workflow/schemas there).
+_CHECKOUT_SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+_PACKAGED_SCHEMA = Path(__file__).resolve().parent / "workflow_schemas" / "config.schema.yaml"
+SCHEMA_PATH = _CHECKOUT_SCHEMA if _CHECKOUT_SCHEMA.is_file() else _PACKAGED_SCHEMA
 ARCHITECTURE_DOC = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"
 
 

@@ -11,14 +11,14 @@ from diffprune.methods import Method
 
 METHODS: dict[str, str] = {
     "diff_pruning": "diffprune.adaptive:AdaptiveDiffPruning",
-    "full_finetuning": "baselines.full_finetuning:FullFinetuning",
-    "last_layer": "baselines.last_layer:LastLayer",
-    "adapters": "baselines.adapters:HoulsbyAdapters",
-    "nonadaptive_diff_pruning": "baselines.nonadaptive:NonAdaptiveDiffPruning",
-    "bitfit": "baselines.bitfit:BitFit",
-    "lora": "baselines.lora:LoRA",
-    "critical_layers": "baselines.critical_layers:CriticalLayers",
-    "sparsification": "baselines.sparsification:Sparsification",
+    "full_finetuning": "diffprune.baselines.full_finetuning:FullFinetuning",
+    "last_layer": "diffprune.baselines.last_layer:LastLayer",
+    "adapters": "diffprune.baselines.adapters:HoulsbyAdapters",
+    "nonadaptive_diff_pruning": "diffprune.baselines.nonadaptive:NonAdaptiveDiffPruning",
+    "bitfit": "diffprune.baselines.bitfit:BitFit",
+    "lora": "diffprune.baselines.lora:LoRA",
+    "critical_layers": "diffprune.baselines.critical_layers:CriticalLayers",
+    "sparsification": "diffprune.baselines.sparsification:Sparsification",
 }
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from diffprune import atomic
-from analysis import output
+from diffprune.analysis import output
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from torch.func import functional_call
 
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.diff import DiffPrunedModel
+from tests.gated_diff_setup import training_diff
 
 
 def _reference_loss(dm, ref_model, batch, w_ref, a_ref, g_ref):
@@ -247,14 +248,7 @@ def test_kept_gradient_of_delta_forms_autograds_gradients(tiny_bert, tiny_batch,
     grads = []
     for keep in (False, True):
         model.load_state_dict(state)
-        dm = DiffPrunedModel(model, DiffPruningConfig(structured=structured, alpha_init=1.0, l0_lambda=0.5,
-                                                      head_pattern=head))
-        with torch.no_grad():
-            for w in dm.w:
-                w.normal_(0, 0.1, generator=torch.Generator().manual_seed(w.numel()))
-        if keep:
-            dm.keep_delta_grad()
-        dm.train()
+        dm = training_diff(model, head, structured, keep_delta_grad=keep)
         dm.resample(1)
         for _ in range(2):  # as training_step splits the loss and the penalty over micro-batches
             (loss_of(dm(**batch)) / 2 + dm.penalty(alpha_gradient=not keep) / 2).backward()

@@ -4,8 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from diffprune.diff import DiffPrunedModel
-from diffprune.diff_pruning_config import DiffPruningConfig
+from tests.gated_diff_setup import training_diff
 
 HEAD = r"^classifier\."
 
@@ -36,15 +35,8 @@ def _run(state, rows: bool, structured: bool, keep: bool):
     """(output, gradients) of one training forward + backward, and an evaluation output."""
     model = Lookups()
     model.load_state_dict(state)
-    dm = DiffPrunedModel(model, DiffPruningConfig(structured=structured, alpha_init=1.0, l0_lambda=0.5,
-                                                  head_pattern=HEAD))
+    dm = training_diff(model, HEAD, structured, keep_delta_grad=keep)
     dm.row_lookups = rows
-    with torch.no_grad():
-        for w in dm.w:
-            w.normal_(0, 0.1, generator=torch.Generator().manual_seed(w.numel()))
-    if keep:
-        dm.keep_delta_grad()
-    dm.train()
     dm.resample(2)
     out = dm(_ids())
     (out.square().mean() + dm.penalty(alpha_gradient=not keep)).backward()

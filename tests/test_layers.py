@@ -127,7 +127,7 @@ def test_layer_order_embeddings_blocks_by_depth_others_head_last():
 
 def test_import_loads_no_torch():
     # The analysis (summary.csv -> figures) orders layers with layer_rank and runs without torch.
-    code = "import sys, diffprune.layers, analysis.figures; print('torch' in sys.modules)"
+    code = "import sys, diffprune.layers, diffprune.analysis.figures; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

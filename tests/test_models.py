@@ -197,8 +197,8 @@ def load_convnet_body(body_state: dict) -> torch.nn.Module:
 
 def handled_as_head(model, head_pattern, expected_head):
     """The head trains densely and is neither diffed, penalised, counted in d nor frozen."""
-    from baselines.common import head_parameter_names
-    from baselines.full_finetuning import FullFinetuning
+    from diffprune.baselines.common import head_parameter_names
+    from diffprune.baselines.full_finetuning import FullFinetuning
     from diffprune.diff_pruning_config import DiffPruningConfig
     from diffprune.diff import DiffPrunedModel
 

@@ -45,3 +45,21 @@ def test_the_workflow_env_pins_the_requirements_a_job_needs():
     expected = {name: version for name, version in requirements().items() if name not in NOT_IN_JOB_ENV}
     pins = conda_pip_pins(REPO / "workflow" / "envs" / "diffprune.yaml")
     assert {name: version for name, version in pins.items() if name not in JOB_ENV_EXTRAS} == expected
+
+
+def test_pyproject_names_every_requirement_and_each_pin_fits_its_range():
+    """pyproject.toml gives ranges (a library user resolves them); requirements.txt the one set
+    of pins. The two name the same packages, and every pin satisfies its range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [Requirement(line) for line in project["dependencies"]]
+    declared += [Requirement(line) for extra in project["optional-dependencies"].values() for line in extra]
+    ranges = {requirement.name.lower(): requirement.specifier for requirement in declared}
+    pins = requirements()
+    assert set(ranges) - JOB_ENV_EXTRAS == set(pins)
+    outside = {name: f"{version} not in {ranges[name]}" for name, version in pins.items()
+               if not ranges[name].contains(version, prereleases=True)}
+    assert outside == {}

@@ -28,7 +28,7 @@ def run_set(tmp_path, summary_frame):
 def rendered(tmp_path_factory):
     """The synthetic run set taken through tables, figures and readme once (rendering every
     figure takes seconds); returns (results dir, {verb: exit status})."""
-    from analysis.__main__ import main
+    from diffprune.analysis.__main__ import main
 
     results = tmp_path_factory.mktemp("rendered") / "synthetic"
     results.mkdir()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.__main__ import main
-from analysis.claims import CLAIMS, FAILS, HOLDS, UNTESTABLE, claims_table
-from analysis.render import to_markdown
-from analysis.runset import load_summary
+from diffprune.analysis.__main__ import main
+from diffprune.analysis.claims import CLAIMS, FAILS, HOLDS, UNTESTABLE, claims_table
+from diffprune.analysis.render import to_markdown
+from diffprune.analysis.runset import load_summary
 from analysis_synthetic import paper_shaped_layers, paper_shaped_rows, write_metrics
 
 
@@ -231,7 +231,7 @@ def test_table_files_and_display(tmp_path):
     assert list(table.numeric.columns) == ["claim", "statement", "where", "test", "ours", "verdict", "missing"]
     assert table.caption.startswith("Verdicts: 10 hold, 0 do not hold, 0 not testable here.")
     assert set(table.display["verdict"]) == {"**holds**"}
-    # the paper's numbers come from analysis.reference
+    # the paper's numbers come from diffprune.analysis.reference
     assert "structured 0.5% 80.6 vs full finetuning 80.6" in table.display.loc[0, "where in the paper"]
     # prose: every Markdown column left-aligned
     assert "| :--- | :--- | :--- | :--- | :--- | :--- |" in to_markdown(table)

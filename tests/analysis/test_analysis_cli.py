@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from analysis.__main__ import main
+from diffprune.analysis.__main__ import main
 
 
 def test_tables_figures_readme(rendered):

@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from analysis.__main__ import main
-from analysis.collect import collect, flatten
-from analysis.runset import AnalysisError
+from diffprune.analysis.__main__ import main
+from diffprune.analysis.collect import collect, flatten
+from diffprune.analysis.runset import AnalysisError
 from analysis_synthetic import write_metrics
 
 

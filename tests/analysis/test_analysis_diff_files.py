@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.collect import collect
-from analysis.diff_files import diff_file_columns
-from analysis.runset import AnalysisError
-from analysis.tables import table5_cost
+from diffprune.analysis.collect import collect
+from diffprune.analysis.diff_files import diff_file_columns
+from diffprune.analysis.runset import AnalysisError
+from diffprune.analysis.tables import table5_cost
 from diffprune.diffsize import size_report
 from diffprune.models import load_pretrained
 from diffprune.projection import FixedMaskModel

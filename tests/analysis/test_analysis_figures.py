@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.__main__ import main
-from analysis.figures import (figure1_average_vs_rate, figure1_zero_groups, figure3_layer_share_by_seed,
+from diffprune.analysis.__main__ import main
+from diffprune.analysis.figures import (figure1_average_vs_rate, figure1_zero_groups, figure3_layer_share_by_seed,
                               figure_weight_distance, structured_layer_shares, zero_groups_data)
-from analysis.runset import AnalysisError, load_layers, load_summary
-from analysis.tables import Skipped
+from diffprune.analysis.runset import AnalysisError, load_layers, load_summary
+from diffprune.analysis.tables import Skipped
 from analysis_synthetic import GROUPS_TOTAL, groups_zero, layer_nonzero
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from analysis.report import floor_lines
+from diffprune.analysis.report import floor_lines
 
 
 def _runs(rows):

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from analysis.runset import AnalysisError
-from analysis.serving_table import table5_serving
-from analysis.tables import Skipped
+from diffprune.analysis.runset import AnalysisError
+from diffprune.analysis.serving_table import table5_serving
+from diffprune.analysis.tables import Skipped
 
 TOTALS = {"n_tasks": 2, "bank_resident_bytes": 100e6, "full_models_resident_bytes": 180e6,
           "resident_vs_full_models": 100 / 180, "bank_disk_bytes": 92e6, "full_models_disk_bytes": 180e6,

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import reference
-from analysis.runset import (AnalysisError, final_runs, format_mean_std, load_summary, structured_flag,
+from diffprune.analysis import reference
+from diffprune.analysis.runset import (AnalysisError, final_runs, format_mean_std, load_summary, structured_flag,
                              summarise_scores)
-from analysis.tables import (Skipped, table1_main, table2_structured_rates, table3_projection, table4_squad,
+from diffprune.analysis.tables import (Skipped, table1_main, table2_structured_rates, table3_projection, table4_squad,
                              table5_cost)
 
 

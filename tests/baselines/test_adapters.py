@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from baselines.adapters import HoulsbyAdapters, _reduction_factor
+from diffprune.baselines.adapters import HoulsbyAdapters, _reduction_factor
 from diffprune.artifact import load_task_model
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 

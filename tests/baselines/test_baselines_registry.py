@@ -12,7 +12,7 @@ BASELINES = ["full_finetuning", "last_layer", "adapters", "nonadaptive_diff_prun
 @pytest.mark.parametrize("name", BASELINES)
 def test_registered(name):
     cls = method_class(name)
-    assert issubclass(cls, Method) and cls.name == name and METHODS[name].startswith("baselines.")
+    assert issubclass(cls, Method) and cls.name == name and METHODS[name].startswith("diffprune.baselines.")
     json.dumps(cls.option_defaults())  # options must be expressible in the YAML config
 
 

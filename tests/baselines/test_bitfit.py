@@ -1,6 +1,6 @@
 import pytest
 
-from baselines.bitfit import BitFit
+from diffprune.baselines.bitfit import BitFit
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from baselines.critical_layers import CriticalLayers
+from diffprune.baselines.critical_layers import CriticalLayers
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 from diffprune.registry import build_method
 

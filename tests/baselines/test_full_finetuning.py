@@ -3,8 +3,8 @@ import copy
 import pytest
 import torch
 
-from baselines.full_finetuning import FullFinetuning
-from baselines.nonadaptive import NonAdaptiveDiffPruning
+from diffprune.baselines.full_finetuning import FullFinetuning
+from diffprune.baselines.nonadaptive import NonAdaptiveDiffPruning
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 
@@ -59,7 +59,7 @@ def test_nonadaptive_reuses_full_finetuning(tiny_bert):
 def test_stats_rank_layers_for_critical_layers(tiny_bert, tiny_batch, run_steps, tmp_path):
     import json
 
-    from baselines.critical_layers import CriticalLayers
+    from diffprune.baselines.critical_layers import CriticalLayers
 
     fresh = copy.deepcopy(tiny_bert)
     method = FullFinetuning()

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from baselines.last_layer import LastLayer
+from diffprune.baselines.last_layer import LastLayer
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 
 

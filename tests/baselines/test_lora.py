@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from baselines.lora import LoRA
+from diffprune.baselines.lora import LoRA
 from diffprune.artifact import load_task_model
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 

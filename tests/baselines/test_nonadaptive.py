@@ -3,7 +3,7 @@ reach the prune run and, with what it trains further, the stored file, so a fres
 that file evaluates like the trained model."""
 import torch
 
-from baselines.full_finetuning import FullFinetuning
+from diffprune.baselines.full_finetuning import FullFinetuning
 from diffprune.artifact import ArtifactIdentity
 from diffprune.handover import float_buffers, head_state
 from diffprune.projection import FixedMaskFinetuning

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from baselines.sparsification import Sparsification, ZeroingMask
+from diffprune.baselines.sparsification import Sparsification, ZeroingMask
 from diffprune.artifact import load_task_model
 from diffprune.diff_pruning_config import DEFAULT_HEAD_PATTERN
 

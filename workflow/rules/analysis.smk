@@ -25,7 +25,7 @@ rule collect:
         f"{LOGS}/analysis/collect.log",
     localrule: True
     shell:
-        "{params.python:q} -m analysis collect --runs {params.runs:q} --out {output.summary:q} "
+        "{params.python:q} -m diffprune.analysis collect --runs {params.runs:q} --out {output.summary:q} "
         "--layers-out {output.layers:q} --only {input:q} > {log:q} 2>&1"
 
 
@@ -78,7 +78,7 @@ rule tables:
         f"{LOGS}/analysis/tables.log",
     localrule: True
     shell:
-        "{params.python:q} -m analysis tables --summary {input.summary:q} --layers {input.layers:q} "
+        "{params.python:q} -m diffprune.analysis tables --summary {input.summary:q} --layers {input.layers:q} "
         "--out-dir {output.tables:q} > {log:q} 2>&1"
 
 
@@ -101,7 +101,7 @@ rule figures:
         f"{LOGS}/analysis/figures.log",
     localrule: True
     shell:
-        "{params.python:q} -m analysis figures --summary {input.summary:q} --layers {input.layers:q} "
+        "{params.python:q} -m diffprune.analysis figures --summary {input.summary:q} --layers {input.layers:q} "
         "--out-dir {output:q} > {log:q} 2>&1"
 
 
@@ -122,4 +122,4 @@ rule readme:
         f"{LOGS}/analysis/readme.log",
     localrule: True
     shell:
-        "{params.python:q} -m analysis readme --dir {params.results:q} > {log:q} 2>&1"
+        "{params.python:q} -m diffprune.analysis readme --dir {params.results:q} > {log:q} 2>&1"

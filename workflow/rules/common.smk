@@ -29,7 +29,7 @@ from diffprune.tasks import GLUE_SPECS  # noqa: E402
 # (`make reproduce` calls .venv/bin/snakemake without activating the venv). Under
 # `--software-deployment-method conda` the job's activated environment provides `python`.
 # Either way the jobs run in the working directory: from the repository root, `-m diffprune` /
-# `-m analysis` import this checkout's code; under `--directory .test` they import the
+# `-m diffprune.analysis` import this checkout's code; under `--directory .test` they import the
 # installed package (`make venv` installs this checkout, editable).
 PYTHON = (
     "python"
