@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from diffprune import datahash, settings
+from diffprune import datahash, rungraph, settings
 from diffprune.handover import DENSE_DIFF_NAME
 from diffprune.seeding import RunSeeds, derive_seeds
 
@@ -107,12 +107,12 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
     cfg = settings.load_config(config_path)
     settings.check_task(task)
     seed = _check_seed(seed)
-    name, options, _ = settings.method_entry(cfg, method_key)
-    reused = settings.reused_key(cfg, method_key)
+    name, options, _ = rungraph.method_entry(cfg, method_key)
+    reused = rungraph.reused_key(cfg, method_key)
     if reused is not None:
         raise ValueError(f"method key {method_key!r} ({name}) has no train phase of its own: it reuses the "
                          f"train runs of {reused!r}; train {reused!r} and `prune --from` its run directory")
-    needed = settings.needed_key(cfg, method_key)
+    needed = rungraph.needed_key(cfg, method_key)
     if needed is None and needed_dir is not None:
         raise ValueError(f"--from is only for methods that read another run; {method_key!r} ({name}) does not")
     if needed is not None:
@@ -139,7 +139,7 @@ def plan_train(config_path, task: str, method_key: str, seed: int, out_dir,
         method_name=name, method_options=options, seed=seed, out_dir=out_dir,
         training=settings.resolve_training(cfg, task, method_key, "train", overrides),
         data_cfg=data_cfg, overrides=dict(overrides or {}),
-        write_dense_diff=settings.needs_dense_diff(cfg, method_key),
+        write_dense_diff=rungraph.needs_dense_diff(cfg, method_key),
         data_hash=datahash.task_data_hash(task, data_cfg),
     )
 
@@ -167,8 +167,8 @@ def plan_prune(config_path, task: str, method_key: str, seed: int, rate: float, 
     cfg = settings.load_config(config_path)
     settings.check_task(task)
     seed = _check_seed(seed)
-    name, options, _ = settings.method_entry(cfg, method_key)
-    expected_source = settings.source_key(cfg, method_key)
+    name, options, _ = rungraph.method_entry(cfg, method_key)
+    expected_source = rungraph.source_key(cfg, method_key)
     if expected_source is None:
         raise ValueError(f"method key {method_key!r} ({name}) is not projected: it has no prune phase")
     source_dir = Path(source_dir)

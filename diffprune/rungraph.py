@@ -1,29 +1,43 @@
 """Which runs a config asks for, and which run feeds which (the workflow's DAG).
 
-A *run key* (an entry under ``methods:``) trains once per task and seed, unless it reuses
-another key's train run (non-adaptive diff pruning builds on full finetuning); a projected
-key then fans out to one prune run per rate. Everything here reads a config that
-``diffprune.settings.load_config`` has validated. The method registry (and so torch) is
-imported on first use, to ask a method class whether it is projected, reuses or reads a run.
+A *run key* (an entry under ``methods:``) names a method and trains once per task and seed,
+unless it reuses another key's train run (non-adaptive diff pruning builds on full
+finetuning); a projected key then fans out to one prune run per rate. Everything here reads a
+config that ``diffprune.settings.load_config`` has validated. The method registry (and so
+torch) is imported on first use, to ask a method class whether it is projected, reuses or
+reads a run.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from diffprune import config_schema
 from diffprune.diff_pruning_config import check_rate
+
+# Keys of a methods entry that say which runs exist and how they train, not method options.
+ENTRY_KEYS = tuple(k for k in config_schema.schema()["$defs"]["method_entry"]["properties"] if k != "method")
+
+
+def method_entry(cfg: dict, key: str) -> tuple[str, dict, dict]:
+    """(registry name, method options, training overrides) of run key ``key``."""
+    if key not in cfg["methods"]:
+        raise ValueError(f"unknown method key {key!r}; this config defines: {', '.join(cfg['methods'])}")
+    entry = dict(cfg["methods"][key] or {})
+    name = entry.pop("method", key)
+    training = dict(entry.pop("training", None) or {})
+    for which_runs in ENTRY_KEYS:  # which runs exist and their schedules, not method options
+        entry.pop(which_runs, None)
+    return name, entry, training
 
 
 def _method_class_of(cfg: dict, key: str):
     from diffprune.registry import method_class  # noqa: PLC0415 (imports torch)
-    from diffprune.settings import method_entry  # noqa: PLC0415 (settings imports this module)
 
     return method_class(method_entry(cfg, key)[0])
 
 
 def _registry_name(cfg: dict, key: str) -> str:
-    from diffprune.settings import method_entry  # noqa: PLC0415
-
     return method_entry(cfg, key)[0]
 
 
@@ -55,8 +69,6 @@ def reused_key(cfg: dict, key: str) -> str | None:
 def needed_key(cfg: dict, key: str) -> str | None:
     """The config key whose train run (same task and seed) this key's train run reads, or None
     (methods with ``needs_run``, e.g. critical-layer finetuning without explicit layers)."""
-    from diffprune.settings import method_entry  # noqa: PLC0415
-
     name, options, _ = method_entry(cfg, key)
     cls = _method_class_of(cfg, key)
     if not cls.needs_run_for(options):

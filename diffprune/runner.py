@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from diffprune import settings
+from diffprune import rungraph
 from diffprune.atomic import OWNER_FILE, claim_dir, clear_dir, disk_full_error, publish_dir, write_json
 from diffprune.checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, LEGACY_CHECKPOINT_NAME, as_loaded,
                                   restore_training, rng_states, save_checkpoint, trainable_state)
@@ -117,7 +117,7 @@ def train_loop(plan: RunPlan, module, method, data, device, precision: str, extr
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     bar = progress_bar(total_steps, step, f"{plan.phase} {plan.task}/{plan.method_key}/seed{plan.seed}"
-                       + (f"/{settings.rate_folder(plan.rate)}" if plan.rate is not None else ""))
+                       + (f"/{rungraph.rate_folder(plan.rate)}" if plan.rate is not None else ""))
     # The running loss stays a device tensor between progress updates: reading it (float())
     # waits for the GPU, so it is read only every PROGRESS_EVERY steps.
     running_loss, running_count = torch.zeros((), device=device), 0

@@ -31,14 +31,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from diffprune import config_schema, method_options
+from diffprune import config_schema, method_options, rungraph
 from diffprune.config_schema import ConfigError
-# The run graph lives in diffprune.rungraph; these names stay importable from here.
-from diffprune.rungraph import (  # noqa: F401
-    check_provider_runs, expand_runs, is_projected, method_tasks, needed_key, needs_dense_diff,
-    projected_keys, rate_folder, rate_label, rates, rates_for, relative_run_dir, reused_key, run_dir, seeds_for,
-    source_key, trains,
-)
 
 _SCHEMA = config_schema.schema()
 # The task names, as diffprune.tasks.TASK_NAMES has them (tests/test_settings.py checks that
@@ -64,8 +58,6 @@ MODEL_SOURCES = tuple(_SCHEMA["$defs"]["model"]["properties"]["source"]["enum"])
 
 TOP_LEVEL_KEYS = tuple(_SCHEMA["properties"])
 DATA_ENV = {"glue_dir": "GLUE_DIR", "squad_dir": "SQUAD_DIR"}
-# Keys of a methods entry that say which runs exist and how they train, not method options.
-ENTRY_KEYS = tuple(k for k in _SCHEMA["$defs"]["method_entry"]["properties"] if k != "method")
 
 
 def task_names() -> tuple[str, ...]:
@@ -125,13 +117,13 @@ def validate_config(cfg: dict) -> None:
     for key, entry in cfg["methods"].items():
         _check_method_entry(cfg, key, entry)
     for key in cfg["methods"]:
-        check_provider_runs(cfg, key)
+        rungraph.check_provider_runs(cfg, key)
 
 
 def _check_method_entry(cfg: dict, key: str, entry: dict) -> None:
     from diffprune.registry import METHODS, method_class  # noqa: PLC0415 (imports torch)
 
-    name, options, _ = method_entry(cfg, key)
+    name, options, _ = rungraph.method_entry(cfg, key)
     if name not in METHODS:
         raise ConfigError(f"methods.{key}: unknown method {name!r}; known methods: {', '.join(sorted(METHODS))}"
                           + ("" if "method" in entry else f" (no `method:` given, so the key {key!r} is taken "
@@ -150,8 +142,8 @@ def _check_method_entry(cfg: dict, key: str, entry: dict) -> None:
             raise ConfigError(f"methods.{key}: `{where}` applies only to projected methods (diff pruning and its "
                               f"variants); {name!r} does not fan out per rate: drop `{where}`")
     check_method_options(key, name, cls, options)
-    needed_key(cfg, key)  # a method that reads another method's runs needs a provider
-    reused_key(cfg, key)  # ... and so does one that reuses another's runs
+    rungraph.needed_key(cfg, key)  # a method that reads another method's runs needs a provider
+    rungraph.reused_key(cfg, key)  # ... and so does one that reuses another's runs
 
 
 def check_method_options(key: str, name: str, cls, options: dict) -> None:
@@ -171,21 +163,9 @@ def check_method_options(key: str, name: str, cls, options: dict) -> None:
 
 # ----------------------------------------------------------------------------- queries
 
-def method_entry(cfg: dict, key: str) -> tuple[str, dict, dict]:
-    """(registry name, method options, training overrides) of run key ``key``."""
-    if key not in cfg["methods"]:
-        raise ValueError(f"unknown method key {key!r}; this config defines: {', '.join(cfg['methods'])}")
-    entry = dict(cfg["methods"][key] or {})
-    name = entry.pop("method", key)
-    training = dict(entry.pop("training", None) or {})
-    for which_runs in ENTRY_KEYS:  # which runs exist and their schedules, not method options
-        entry.pop(which_runs, None)
-    return name, entry, training
-
-
 def method_task_training(cfg: dict, key: str, task: str) -> dict:
     """The training settings key ``key`` overrides on ``task`` alone (``methods[key].task_training``)."""
-    method_entry(cfg, key)  # unknown key -> the same clear error
+    rungraph.method_entry(cfg, key)  # unknown key -> the same clear error
     per_task = (cfg["methods"][key] or {}).get("task_training") or {}
     return dict(per_task.get(task) or {})
 
@@ -244,7 +224,7 @@ def resolve_training(cfg: dict, task: str, method_key: str | None, phase: str = 
     if phase not in ("train", "prune"):
         raise ValueError(f"phase must be 'train' or 'prune', got {phase!r}")
     check_task(task)
-    method_training = method_entry(cfg, method_key)[2] if method_key is not None else {}
+    method_training = rungraph.method_entry(cfg, method_key)[2] if method_key is not None else {}
     method_task = method_task_training(cfg, method_key, task) if method_key is not None else {}
     model = cfg["models"].get(model_key or cfg["model"], {})
     config_schema.check_training(overrides or {}, "--set")

@@ -7,7 +7,7 @@ norm, the (loss-scaled) optimizer step and the learning-rate schedule. The bench
 (``diffprune.bench``) calls the same function, so what it times is what a run executes.
 
 Optimizers that step inside backward (``steps_in_backward``, e.g.
-``diffprune.optim.AdamWInBackward``) have applied every update and dropped every gradient by
+``diffprune.methods.AdamWInBackward``) have applied every update and dropped every gradient by
 the time backward returns; they cannot be combined with global-norm clipping, a loss scaler
 or gradient accumulation, and this function refuses those combinations instead of silently
 skipping them. Optimizers that hold gradients no ``.grad`` shows (``clips_own_gradients``,

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from diffprune import settings
+from diffprune import rungraph, settings
 from diffprune.registry import METHODS, method_class
 
 
@@ -35,7 +35,8 @@ def test_name_defaults_to_file_stem_and_sections_are_filled(tmp_path):
     assert cfg["seeds"] == [0]
     assert cfg["data"] == {"glue_dir": None, "squad_dir": None}
     assert cfg["methods"]["full_finetuning"] == {}
-    assert settings.method_entry(cfg, "full_finetuning") == ("full_finetuning", {}, {})
+    assert rungraph.method_entry(cfg, "full_finetuning") == ("full_finetuning", {}, {})
+    assert settings.method_keys(cfg) == ["full_finetuning", "nonadaptive"]
 
 
 def test_paper_defaults(tmp_path):
@@ -82,7 +83,7 @@ def test_resolution_order_and_prune_phase(tmp_path):
 
     prune = settings.resolve_training(cfg, "rte", "diff_pruning", phase="prune")
     assert prune["learning_rate"] == 5e-5 and prune["epochs"] == 2
-    assert settings.method_entry(cfg, "diff_pruning") == ("diff_pruning", {"structured": True},
+    assert rungraph.method_entry(cfg, "diff_pruning") == ("diff_pruning", {"structured": True},
                                                           {"epochs": 6, "fixed_mask_epochs": 2})
 
 
@@ -125,65 +126,6 @@ def test_missing_data_dir_is_an_error(tmp_path, monkeypatch):
     assert settings.data_config(cfg)["glue_dir"] == str(tmp_path)
 
 
-def test_workflow_queries(tmp_path):
-    cfg = settings.load_config(write(tmp_path, """
-        model: tiny-random
-        tasks: [rte, mrpc]
-        rates: [0.5, 1]
-        task_seeds: {rte: [0, 1]}
-        methods:
-          full_finetuning:
-          nonadaptive: {method: nonadaptive_diff_pruning}
-          structured: {method: diff_pruning, structured: true}
-    """))
-    assert settings.method_keys(cfg) == ["full_finetuning", "nonadaptive", "structured"]
-    assert settings.seeds_for(cfg, "rte") == [0, 1] and settings.seeds_for(cfg, "mrpc") == [0]
-    assert settings.rates(cfg) == [0.5, 1.0]
-    assert settings.projected_keys(cfg) == ["nonadaptive", "structured"]
-    assert settings.source_key(cfg, "nonadaptive") == "full_finetuning"
-    assert settings.source_key(cfg, "structured") == "structured"
-    assert settings.source_key(cfg, "full_finetuning") is None
-    assert settings.needs_dense_diff(cfg, "full_finetuning") and settings.needs_dense_diff(cfg, "structured")
-    assert not settings.trains(cfg, "nonadaptive")
-    assert str(settings.run_dir("results", cfg, "rte", "structured", 1, rate=1)) == \
-        "results/exp/runs/rte/structured/rate1.0/seed1"
-
-    runs = settings.expand_runs(cfg)
-    trains = [(r["task"], r["key"], r["seed"]) for r in runs if r["phase"] == "train"]
-    prunes = [(r["task"], r["key"], r["seed"], r["rate"], r["source_key"]) for r in runs if r["phase"] == "prune"]
-    assert ("rte", "nonadaptive", 0) not in trains
-    assert len(trains) == 2 * 2 + 1 * 2          # rte: 2 seeds x 2 training keys; mrpc: 1 seed
-    assert ("rte", "nonadaptive", 1, 0.5, "full_finetuning") in prunes
-    assert len(prunes) == (2 + 1) * 2 * 2         # (seeds) x 2 projected keys x 2 rates
-
-
-def test_method_entries_choose_their_own_tasks_and_seeds(tmp_path):
-    cfg = settings.load_config(write(tmp_path, """
-        model: tiny-random
-        tasks: [rte, sst2, squad]
-        rates: [0.5]
-        methods:
-          full_finetuning: {method: full_finetuning, task_seeds: {sst2: [0, 1]}}
-          nonadaptive: {method: nonadaptive_diff_pruning, tasks: [rte, sst2]}
-          structured: {method: diff_pruning, structured: true, tasks: [sst2, squad], task_seeds: {sst2: [0, 1, 2]},
-                       task_rates: {squad: [1.0]}, rates: [0.1, 0.5]}
-    """))
-    assert settings.rates_for(cfg, "structured", "squad") == [1.0]
-    assert settings.rates_for(cfg, "structured", "sst2") == [0.1, 0.5] == settings.rates_for(cfg, "structured")
-    assert settings.rates_for(cfg, "nonadaptive", "rte") == [0.5]
-    assert settings.method_tasks(cfg, "structured") == ["sst2", "squad"]
-    assert settings.method_tasks(cfg, "full_finetuning") == ["rte", "sst2", "squad"]
-    assert settings.seeds_for(cfg, "sst2", "structured") == [0, 1, 2]
-    assert settings.seeds_for(cfg, "sst2", "nonadaptive") == [0] and settings.seeds_for(cfg, "sst2") == [0]
-    runs = {(r["task"], r["key"], r["seed"], r["phase"]) for r in settings.expand_runs(cfg)}
-    assert ("rte", "structured", 0, "train") not in runs and ("squad", "nonadaptive", 0, "prune") not in runs
-    assert {s for t, k, s, p in runs if (t, k, p) == ("sst2", "structured", "prune")} == {0, 1, 2}
-    prunes = [(r["task"], r["rate"]) for r in settings.expand_runs(cfg) if r["key"] == "structured" and r["phase"] == "prune"]
-    assert sorted(prunes) == [("squad", 1.0)] + [("sst2", rate) for rate in (0.1, 0.1, 0.1, 0.5, 0.5, 0.5)]
-    assert {s for t, k, s, p in runs if (t, k, p) == ("sst2", "full_finetuning", "train")} == {0, 1}
-    assert len(runs) == 4 + 2 + 2 * 3 + 2   # (task, key, seed, phase): full; nonadaptive; structured sst2 x3, squad
-
-
 @pytest.mark.parametrize("entry, message", [
     ("{method: full_finetuning, tasks: [cola]}", "which the config's `tasks` does not run"),
     ("{method: full_finetuning, tasks: []}", "methods.ft.tasks must be a non-empty list"),
@@ -202,16 +144,6 @@ def test_method_tasks_and_seeds_are_checked(tmp_path, entry, message):
               ft: {entry}
               nonadaptive: {{method: nonadaptive_diff_pruning}}
         """))
-
-
-def test_reused_key_prefers_the_key_named_like_the_method(tmp_path):
-    cfg = settings.load_config(write(tmp_path, """
-        methods:
-          ft_long: {method: full_finetuning, training: {epochs: 10}}
-          full_finetuning:
-          nonadaptive: {method: nonadaptive_diff_pruning}
-    """))
-    assert settings.reused_key(cfg, "nonadaptive") == "full_finetuning"
 
 
 def test_parse_overrides():
@@ -244,16 +176,6 @@ def test_import_is_light():
     code = "import sys, diffprune.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_a_projected_key_may_run_at_its_own_rates(tmp_path):
-    cfg = settings.load_config(write(tmp_path, BASE.replace(
-        "nonadaptive: {method: nonadaptive_diff_pruning}",
-        "nonadaptive: {method: nonadaptive_diff_pruning, rates: [0.25]}")))
-    assert settings.rates_for(cfg, "nonadaptive") == [0.25]
-    assert settings.method_entry(cfg, "nonadaptive") == ("nonadaptive_diff_pruning", {}, {})
-    prune_rates = {r["rate"] for r in settings.expand_runs(cfg) if r["phase"] == "prune"}
-    assert prune_rates == {0.25}
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -329,7 +251,7 @@ def test_yaml_1_1_exponents_are_numbers(tmp_path):
         training: {learning_rate: 1e-4}
         methods: {dp: {method: diff_pruning, l0_lambda: 1e-7}}
     """))
-    assert settings.method_entry(cfg, "dp")[1] == {"l0_lambda": 1e-7}
+    assert rungraph.method_entry(cfg, "dp")[1] == {"l0_lambda": 1e-7}
     assert settings.resolve_training(cfg, "rte", "dp")["learning_rate"] == 1e-4
     assert settings.parse_overrides(["learning_rate=3e-5"]) == {"learning_rate": 3e-5}
 
@@ -369,7 +291,7 @@ def test_every_registered_method_loads_with_its_dataclass_defaults_written_out(t
     defaults = method_class(name).option_defaults()
     body = yaml.safe_dump({"tasks": ["rte"], "methods": {"full_finetuning": None, "k": {"method": name, **defaults}}})
     cfg = settings.load_config(write(tmp_path, body))
-    assert settings.method_entry(cfg, "k")[1] == defaults
+    assert rungraph.method_entry(cfg, "k")[1] == defaults
 
 
 def test_training_settings_are_typed_with_help():

@@ -10,7 +10,7 @@ import re
 import pytest
 import yaml
 
-from diffprune import settings
+from diffprune import rungraph, settings
 from diffprune.registry import METHODS
 
 import shutil
@@ -51,13 +51,13 @@ def expected_counts(config_file: str) -> dict[str, int]:
     train = prune = 0
     for task in cfg["tasks"]:
         for key in cfg["methods"]:
-            if task not in settings.method_tasks(cfg, key):
+            if task not in rungraph.method_tasks(cfg, key):
                 continue
-            seeds = len(settings.seeds_for(cfg, task, key))
-            train += seeds * settings.trains(cfg, key)
-            if settings.is_projected(cfg, key):
+            seeds = len(rungraph.seeds_for(cfg, task, key))
+            train += seeds * rungraph.trains(cfg, key)
+            if rungraph.is_projected(cfg, key):
                 # every rate x seed: the L0 phase fans out, nothing repeats
-                prune += seeds * len(settings.rates_for(cfg, key, task))
+                prune += seeds * len(rungraph.rates_for(cfg, key, task))
     counts = {
         "train": train,
         "prune": prune,
@@ -95,7 +95,7 @@ def test_the_test_run_set_plans_in_its_own_directory():
 
 def test_default_and_reference_plans_by_the_numbers():
     """Literal numbers (worked out by hand from the configs' method entries), so a change in
-    settings.py cannot move both sides. The default config's train and prune counts are left
+    rungraph.py cannot move both sides. The default config's train and prune counts are left
     to test_config_plans_with_expected_job_counts: a new baseline adds its entry there (one
     of the three places it touches) and must not have to edit a number here too."""
     default = plan()
@@ -113,7 +113,7 @@ def test_default_and_reference_plans_by_the_numbers():
 
 
 def test_paper_plan_by_the_numbers():
-    """Literal numbers, so a change in settings.py cannot move both sides of the test."""
+    """Literal numbers, so a change in rungraph.py cannot move both sides of the test."""
     counts = plan("--configfile", "config/paper.yaml")
     # 8 GLUE tasks x 1 seed + SST-2's 4 extra seeds = 13 (task, seed) pairs;
     # 6 keys train (full, last layer, 2 adapters, 2 diff pruning variants);

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffprune import datahash, settings
+from diffprune import datahash, rungraph, settings
 
 from workflow_helpers import REPO, SNAKEMAKE, job_counts, make_test_data, run_snakemake, snakemake_env
 
@@ -60,7 +60,7 @@ def test_workflow_end_to_end(workdir):
     test_dir = workdir / TEST_DIR
     config_file = test_dir / CONFIG
     cfg = settings.load_config(config_file)
-    expected_runs = settings.expand_runs(cfg)
+    expected_runs = rungraph.expand_runs(cfg)
     env = snakemake_env()
 
     # --- 1. start, let a few runs finish, then kill everything at once -------------------
@@ -89,7 +89,7 @@ def test_workflow_end_to_end(workdir):
     run_snakemake(*snakemake_args(), cwd=workdir, env=env, timeout=1200)
     results = test_dir / "results" / cfg["name"]
     assert finished_runs(test_dir, cfg["name"]) == {
-        str(settings.run_dir("results", cfg, r["task"], r["key"], r["seed"], r["rate"])) for r in expected_runs}
+        str(rungraph.run_dir("results", cfg, r["task"], r["key"], r["seed"], r["rate"])) for r in expected_runs}
     summary_rows = (results / "summary.csv").read_text().strip().splitlines()[1:]
     assert len(summary_rows) == len(expected_runs)
     assert (results / "layers.csv").stat().st_size > 0

@@ -185,7 +185,7 @@ def run_settings(task: str, key: str, phase: str) -> str:
     runs whose settings changed when the config is edited, and nothing else (adding a task
     or a rate leaves every finished run alone).
     """
-    name, options, _ = settings.method_entry(CFG, key)
+    name, options, _ = rungraph.method_entry(CFG, key)
     values = {
         "method": name,
         "options": options,
@@ -223,7 +223,7 @@ def run_priority(wildcards) -> int:
     if wildcards.task == "squad":   # one window per question, plus the overflow windows
         tokens = training["max_seq_length"] * 1.3
     epochs = training["fixed_mask_epochs"] if phase == "prune" else training["epochs"]
-    gates = 1.3 if phase == "train" and settings.method_entry(CFG, wildcards.key)[0] == "diff_pruning" else 1.0
+    gates = 1.3 if phase == "train" and rungraph.method_entry(CFG, wildcards.key)[0] == "diff_pruning" else 1.0
     return int(examples * tokens * epochs * gates // 10_000)
 
 
