@@ -4,6 +4,10 @@ A run killed at any moment (Ctrl-C, an out-of-memory kill, a cluster pre-emption
 leave a half-written file that a later step mistakes for a finished one. Everything is
 written under a temporary name in the same directory and moved into place with
 ``os.replace`` / ``os.rename``, which are atomic on POSIX within one file system.
+
+Files: ``atomic_path`` / ``write_with`` (and the ``write_*`` shorthands). Directories:
+``staged_dir`` writes one afresh and publishes it; ``claim_dir`` holds a run's resumable
+temporary directory, which ``publish_dir`` moves into place when the run is done.
 """
 from __future__ import annotations
 
@@ -52,6 +56,30 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root`` to disk, so that once ``root`` is renamed
+    into place a crash cannot leave it complete in name but with empty files. Links are not
+    followed: what they point at is not part of the tree."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
@@ -66,9 +94,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp creates the file 0600; results are meant to be read by others, as umask allows.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_current_umask())
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -123,8 +149,41 @@ def publish_dir(tmp_dir: str | os.PathLike, final_dir: str | os.PathLike) -> Non
         else:
             raise FileExistsError(f"cannot publish {tmp_dir} as {final_dir}: the destination exists and is not empty")
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp_dir, final_dir)
+    try:
+        os.rename(tmp_dir, final_dir)
+    except OSError as error:
+        # Another process published the same directory between the check above and here.
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            raise FileExistsError(f"cannot publish {tmp_dir} as {final_dir}: the destination exists and is not "
+                                  "empty") from error
+        raise
     _fsync_dir(final_dir.parent)
+
+
+@contextmanager
+def staged_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new, empty directory beside ``final_dir``; when the block ends without an
+    error, its files are flushed to disk and it is published as ``final_dir``.
+
+    Publishing follows ``publish_dir``: an absent or empty ``final_dir`` is replaced; one that
+    exists and is not empty (also when another process published it while this one was
+    writing) raises ``FileExistsError``, and the caller decides whether that is an error or
+    the other writer's equal result. On any error, that refusal included, the staging
+    directory is removed and ``final_dir`` is left as it was. Each call stages afresh: for a
+    directory a run resumes after an interruption, use ``claim_dir``.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    # mkdtemp makes the directory private; what is published is read by others, as umask allows.
+    os.chmod(staging, 0o777 & ~_current_umask())
+    try:
+        yield staging
+        _fsync_tree(staging)
+        publish_dir(staging, final_dir)
+    except BaseException:
+        remove_tree(staging)
+        raise
 
 
 def is_plain_dir(path: str | os.PathLike) -> bool:

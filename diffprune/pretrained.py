@@ -15,14 +15,12 @@ and a diff is not a low-rank or additive module; ``merge`` gives a standalone mo
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from diffprune.atomic import publish_dir, remove_tree, write_json
+from diffprune.atomic import staged_dir, write_json
 from diffprune.storage import SparseDiff, apply_diff_, load_diff, read_header, save_diff, write_diff
 
 CONFIG_NAME = "diffprune_config.json"
@@ -53,23 +51,6 @@ def _task_head_config(task_name: str) -> tuple[str, dict]:
     return auto, task_config_overrides(task)
 
 
-def _publish(directory: Path, write) -> Path:
-    """Write the folder under a temporary name beside it, then rename it into place."""
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a shared task folder is readable as umask allows
-    try:
-        write(tmp)
-        publish_dir(tmp, directory)
-    except BaseException:
-        remove_tree(tmp)
-        raise
-    return directory
-
-
 def save_pretrained(task_model, directory, model_id: str = "", task: str | None = None,
                     labels: list[str] | None = None, rate: float | None = None,
                     values_dtype: str | torch.dtype = torch.float32) -> Path:
@@ -95,7 +76,7 @@ def save_pretrained(task_model, directory, model_id: str = "", task: str | None 
             save_diff(folder / DIFF_NAME, task_model, model_id=model_id, rate=rate, values_dtype=values_dtype,
                       task=task, labels=labels)
 
-    def write_folder(folder: Path) -> None:
+    with staged_dir(directory) as folder:
         write(folder)
         header = read_header(folder / DIFF_NAME)
         write_json(folder / CONFIG_NAME, {
@@ -107,7 +88,7 @@ def save_pretrained(task_model, directory, model_id: str = "", task: str | None 
             "diff": DIFF_NAME, "nonzeros": header["nonzeros"], "diffed_params": header["diffed_params"],
             "values_dtype": header["values_dtype"],
         })
-    return _publish(directory, write_folder)
+    return Path(directory)
 
 
 def read_config(directory) -> tuple[Path, dict]:
@@ -182,14 +163,13 @@ def merge(base: nn.Module | str | Path | None, directory, out_dir, tokenizer_fro
         model.config.id2label = {i: str(label) for i, label in enumerate(labels)}
         model.config.label2id = {str(label): i for i, label in enumerate(labels)}
     tokenizer_source = tokenizer_from or (base if isinstance(base, (str, Path)) else None)
-
-    def write(folder: Path) -> None:
+    with staged_dir(out_dir) as folder:
         model.save_pretrained(folder, safe_serialization=True)
         if tokenizer_source is not None:
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(folder)
-    return _publish(out_dir, write)
+    return Path(out_dir)
 
 
 def evaluate_folder(folder, config_path, task_name: str, out_path, overrides: dict | None = None) -> dict:

@@ -1,11 +1,12 @@
 """diffprune/atomic.py: permissions follow the umask, a full disk is named, a claimed
-directory is exclusive and marked."""
+directory is exclusive and marked, a staged directory is published whole or not at all."""
 from __future__ import annotations
 
 import errno
 import os
 import stat
 import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -93,3 +94,77 @@ def test_clear_dir_removes_links_not_their_targets(tmp_path):
     atomic.clear_dir(work, keep=("checkpoint",))
     assert sorted(p.name for p in work.iterdir()) == ["checkpoint"]
     assert (target / "keep.txt").read_text() == "x"
+
+
+def test_staged_dir_is_published_whole_and_readable_as_the_umask_allows(tmp_path, umask):
+    umask(0o022)
+    final = tmp_path / "task"
+    final.mkdir()  # an empty folder (as a workflow engine may create) is replaced
+    with atomic.staged_dir(final) as staging:
+        assert staging.parent == tmp_path and staging.name.startswith(".task.") and not any(staging.iterdir())
+        (staging / "sub").mkdir()
+        (staging / "sub" / "values.npy").write_bytes(b"x")
+        (staging / "meta.json").write_text("{}")
+        assert not (final / "meta.json").exists()  # nothing is visible before the block ends
+    assert sorted(p.name for p in final.rglob("*")) == ["meta.json", "sub", "values.npy"]
+    assert mode(final) == 0o755  # mkdtemp's 0700 is not what gets published
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]
+
+
+def test_staged_dir_flushes_every_file_before_publishing(tmp_path, monkeypatch):
+    events = []
+    fsync, rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or fsync(fd))
+    monkeypatch.setattr(os, "rename", lambda src, dst: events.append(("rename", str(src))) or rename(src, dst))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not part of the tree")
+    with atomic.staged_dir(tmp_path / "entry") as staging:
+        (staging / "a.npy").write_bytes(b"a")
+        (staging / "nested").mkdir()
+        (staging / "nested" / "b.npy").write_bytes(b"b")
+        os.symlink(outside, staging / "link")
+        files = [str(staging / "a.npy"), str(staging / "nested" / "b.npy")]
+    published = events.index(("rename", str(staging)))
+    flushed = {path for kind, path in events[:published] if kind == "fsync"}
+    assert set(files) <= flushed and str(staging) in flushed
+    assert str(outside) not in flushed  # a link inside the tree is not followed
+
+
+def test_staged_dir_leaves_nothing_behind_when_its_writer_fails(tmp_path):
+    final = tmp_path / "task"
+    with pytest.raises(RuntimeError, match="writer broke"):
+        with atomic.staged_dir(final) as staging:
+            (staging / "half.safetensors").write_bytes(b"half")
+            raise RuntimeError("writer broke")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_dir_refuses_a_destination_that_is_not_empty(tmp_path):
+    final = tmp_path / "task"
+    final.mkdir()
+    (final / "theirs.txt").write_text("theirs")
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        with atomic.staged_dir(final) as staging:
+            (staging / "mine.txt").write_text("mine")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task"]
+    assert [p.name for p in final.iterdir()] == ["theirs.txt"]
+
+
+def test_staged_dir_losing_the_race_to_another_writer_is_a_file_exists_error(tmp_path, monkeypatch):
+    """Another process publishes the same directory after the destination was checked and
+    before the rename: the rename's ENOTEMPTY reads as the refusal it is."""
+    final = tmp_path / "entry"
+    rename = os.rename
+
+    def other_writer_first(src, dst):
+        os.mkdir(dst)
+        (Path(dst) / "meta.json").write_text("theirs")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", other_writer_first)
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        with atomic.staged_dir(final) as staging:
+            (staging / "meta.json").write_text("mine")
+    assert (final / "meta.json").read_text() == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from diffprune.atomic import staged_dir
 
 from .base import EvalSet, FeatureDataset, PaddingCollator, TaskData
 
@@ -137,31 +137,29 @@ def _offsets_from_json(offsets: list | None):
 def write_entry(entry: Path, key: dict, data: TaskData) -> None:
     """Write ``data`` as the cache entry ``entry`` (atomically; a concurrent writer's
     complete entry is kept)."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        evals = {}
-        for index, (name, eval_set) in enumerate(data.evals.items()):
-            evals[name] = {
-                "prefix": f"eval{index}", "columns": _save_dataset(staging, f"eval{index}", eval_set.dataset),
-                "num_examples": eval_set.num_examples, "num_examples_total": eval_set.num_examples_total,
-                "column": eval_set.column, "metric_suffix": eval_set.metric_suffix, "labels": eval_set.labels,
-                "examples": eval_set.examples, "feature_example_index": eval_set.feature_example_index,
-                "feature_offsets": _offsets_to_json(eval_set.feature_offsets)}
-        meta = {"key": key, "train_columns": _save_dataset(staging, "train", data.train), "evals": evals,
-                "train_examples": data.train_examples, "train_examples_total": data.train_examples_total,
-                "dev_examples": data.dev_examples, "dev_examples_total": data.dev_examples_total,
-                "note": data.note, "source": data.source, "details": data.details}
-        (staging / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.rename(staging, entry)
-        except OSError:
-            if not (entry / "meta.json").is_file():
-                raise
-            # another job wrote the same key first: its entry is complete and equal
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        with staged_dir(entry) as staging:
+            _write_entry_files(staging, key, data)
+    except FileExistsError:
+        if not (entry / "meta.json").is_file():
+            raise
+        # another job wrote the same key first: its entry is complete and equal
+
+
+def _write_entry_files(staging: Path, key: dict, data: TaskData) -> None:
+    evals = {}
+    for index, (name, eval_set) in enumerate(data.evals.items()):
+        evals[name] = {
+            "prefix": f"eval{index}", "columns": _save_dataset(staging, f"eval{index}", eval_set.dataset),
+            "num_examples": eval_set.num_examples, "num_examples_total": eval_set.num_examples_total,
+            "column": eval_set.column, "metric_suffix": eval_set.metric_suffix, "labels": eval_set.labels,
+            "examples": eval_set.examples, "feature_example_index": eval_set.feature_example_index,
+            "feature_offsets": _offsets_to_json(eval_set.feature_offsets)}
+    meta = {"key": key, "train_columns": _save_dataset(staging, "train", data.train), "evals": evals,
+            "train_examples": data.train_examples, "train_examples_total": data.train_examples_total,
+            "dev_examples": data.dev_examples, "dev_examples_total": data.dev_examples_total,
+            "note": data.note, "source": data.source, "details": data.details}
+    (staging / "meta.json").write_text(json.dumps(meta))
 
 
 def read_entry(entry: Path, collate) -> tuple[dict, TaskData] | None:

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from analysis_synthetic import synthetic_layers, synthetic_rows
+from diffprune.analysis.runset import load_summary
 
 
 @pytest.fixture
@@ -22,6 +23,13 @@ def run_set(tmp_path, summary_frame):
     summary_frame.to_csv(summary_path, index=False)
     synthetic_layers(summary_frame).to_csv(layers_path, index=False)
     return results, summary_path, layers_path
+
+
+@pytest.fixture
+def summary(run_set) -> pd.DataFrame:
+    """The synthetic run set's summary, through the CSV as the CLI reads it."""
+    _, summary_path, _ = run_set
+    return load_summary(summary_path)
 
 
 @pytest.fixture(scope="session")

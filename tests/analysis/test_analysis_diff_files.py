@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from diffprune.analysis.collect import collect
+from diffprune.analysis.cost_table import table5_cost
 from diffprune.analysis.diff_files import diff_file_columns
 from diffprune.analysis.runset import AnalysisError
-from diffprune.analysis.tables import table5_cost
 from diffprune.diffsize import size_report
 from diffprune.models import load_pretrained
 from diffprune.projection import FixedMaskModel
