@@ -13,6 +13,7 @@ torch nor the method registry, except to generate the docs.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import functools
 import re
@@ -165,6 +166,21 @@ def check_config(raw: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- training
+
+
+def declared_defaults(properties: dict) -> dict:
+    """Each property's ``default`` from the schema (a fresh copy), for those that declare one."""
+    return {key: copy.deepcopy(spec["default"]) for key, spec in properties.items() if "default" in spec}
+
+
+def top_level_defaults() -> dict:
+    """The defaults of the config's top-level keys (model, rates, seeds, head_pattern)."""
+    return declared_defaults(schema()["properties"])
+
+
+def data_defaults() -> dict:
+    """The defaults of the `data` section (each data folder: null, i.e. the environment or the Hub)."""
+    return declared_defaults(schema()["properties"]["data"]["properties"])
 
 
 def training_properties() -> dict:

@@ -89,20 +89,16 @@ def load_config(path: str | os.PathLike) -> dict:
 
 def fill_defaults(raw: dict, default_name: str = "default") -> dict:
     """A copy of ``raw`` (already checked against the schema) with every top-level section
-    present (empty sections as {} / [])."""
+    present: the schema's defaults where it declares one, else empty sections ({} / [])."""
     cfg = copy.deepcopy(raw)
-    cfg.setdefault("name", default_name)
-    cfg.setdefault("model", "minilm")
+    cfg.setdefault("name", default_name)  # the config file's name: not something the schema can know
+    for key, value in config_schema.top_level_defaults().items():
+        cfg.setdefault(key, value)
     cfg["models"] = {**copy.deepcopy(BUILTIN_MODELS), **(cfg.get("models") or {})}
     cfg["tasks"] = list(cfg.get("tasks") or [])
-    cfg["rates"] = list(cfg.get("rates") or [0.5])
-    cfg["seeds"] = list(cfg.get("seeds") or [0])
     for section in ("task_seeds", "training", "task_training", "methods"):
         cfg[section] = cfg.get(section) or {}
-    cfg["data"] = {"glue_dir": None, "squad_dir": None, **(cfg.get("data") or {})}
-    # No pattern: the head is exactly what the loader newly initialised (diffprune.models);
-    # a pattern here is an explicit override for models whose loader cannot tell.
-    cfg.setdefault("head_pattern", None)
+    cfg["data"] = {**config_schema.data_defaults(), **(cfg.get("data") or {})}
     # "full_finetuning:" with no body in YAML is None: the registry name is the key itself.
     cfg["methods"] = {key: (entry if entry is not None else {}) for key, entry in cfg["methods"].items()}
     return cfg

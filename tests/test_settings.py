@@ -39,6 +39,24 @@ def test_name_defaults_to_file_stem_and_sections_are_filled(tmp_path):
     assert settings.method_keys(cfg) == ["full_finetuning", "nonadaptive"]
 
 
+def test_unset_top_level_keys_take_the_schemas_declared_defaults(monkeypatch):
+    """The defaults live in the schema only: change one there and the filled config follows."""
+    from diffprune import config_schema
+
+    cfg = settings.fill_defaults({"methods": {"full_finetuning": None}})
+    assert (cfg["model"], cfg["rates"], cfg["seeds"], cfg["head_pattern"]) == ("minilm", [0.5], [0], None)
+    declared = config_schema.schema()["properties"]
+    patched = {**declared, "rates": {**declared["rates"], "default": [0.1, 1.0]},
+               "data": {**declared["data"], "properties": {
+                   **declared["data"]["properties"],
+                   "glue_dir": {**declared["data"]["properties"]["glue_dir"], "default": "glue_data"}}}}
+    monkeypatch.setitem(config_schema.schema(), "properties", patched)
+    cfg = settings.fill_defaults({"methods": {"full_finetuning": None}, "rates": [2.0]})
+    assert cfg["rates"] == [2.0]  # set in the config: the schema's default does not apply
+    cfg = settings.fill_defaults({"methods": {"full_finetuning": None}})
+    assert cfg["rates"] == [0.1, 1.0] and cfg["data"] == {"glue_dir": "glue_data", "squad_dir": None}
+
+
 def test_paper_defaults(tmp_path):
     cfg = settings.load_config(write(tmp_path, BASE))
     rte = settings.resolve_training(cfg, "rte", "full_finetuning")
