@@ -44,7 +44,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m diffprune", description="Diff pruning benchmark runner.")
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{train,prune,evaluate,export,evaluate-folder,merge,serve,report,convert}")
+                                  metavar="{train,prune,evaluate,export,evaluate-folder,merge,methods,serve,report,convert}")
 
     train = verbs.add_parser("train", help="train one method entry of the config on one task and seed")
     _add_common(train)
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--folder", required=True, help="folder written by export / save_pretrained")
     merge.add_argument("--config", required=True, help="YAML run configuration naming the base model")
     merge.add_argument("--out", required=True, help="model folder to create")
+    verbs.add_parser("methods", help="every registered method and its options (from each method's Options)")
     for name, what in FORWARDED_VERBS.items():  # listed here; their arguments are their modules' own
         verbs.add_parser(name, help=what)
     return parser
@@ -103,6 +104,14 @@ def run_forwarded_verb(verb: str, rest: list[str]) -> int:
     from diffprune import diffsize
 
     return diffsize.main([verb, *rest])
+
+
+def list_methods() -> str:
+    """The method reference, generated from the registry and each method's ``Options``."""
+    from diffprune.method_options import render_method_docs
+    from diffprune.registry import METHODS, method_class
+
+    return render_method_docs({name: method_class(name) for name in METHODS})
 
 
 def run_sharing_verb(args: argparse.Namespace) -> int:
@@ -151,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in FORWARDED_VERBS:
         return run_forwarded_verb(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
+    if args.verb == "methods":
+        print(list_methods())
+        return 0
     if args.verb not in ("train", "prune", "evaluate"):
         return run_sharing_verb(args)
     hide_unused_packages_from_transformers()

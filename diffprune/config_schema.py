@@ -6,9 +6,8 @@ validates them against the schema with messages that name the key and the fix, a
 from the schema what the rest of the code needs: the training defaults, the typed
 ``TrainingSettings`` and the generated "Training settings" section of docs/ARCHITECTURE.md
 (``python -m diffprune.config_schema --write-docs``). A method's options are declared by the
-method itself (``diffprune.method_options``) and checked with this module's validator; the
-docs' "Method options" section comes from those declarations. The module imports neither
-torch nor the method registry, except to generate the docs.
+method itself (``diffprune.method_options``), checked with this module's validator and listed
+by ``python -m diffprune methods``. The module imports neither torch nor the method registry.
 """
 from __future__ import annotations
 
@@ -231,7 +230,7 @@ def typed_training(values: dict, where: str = "training") -> TrainingSettings:
 
 # ----------------------------------------------------------------------------- docs
 
-DOC_BEGIN = ("<!-- generated from workflow/schemas/config.schema.yaml and each method's Options: "
+DOC_BEGIN = ("<!-- generated from workflow/schemas/config.schema.yaml: "
              "python -m diffprune.config_schema --write-docs -->")
 DOC_END = "<!-- end of generated section -->"
 
@@ -261,21 +260,12 @@ def option_line(name: str, spec: dict) -> str:
 
 
 def render_docs() -> str:
-    """The generated part of docs/ARCHITECTURE.md: the training settings (from the schema) and
-    every registered method's options (from its ``Options`` dataclass)."""
+    """The generated part of docs/ARCHITECTURE.md: the training settings, from the schema.
+    (The methods' options are not in a file: ``python -m diffprune methods`` prints them.)"""
     lines = [DOC_BEGIN, "", "### Training settings", "",
              "Keys of `training`, `models.<M>.training`, `task_training.<T>`, `methods.<K>.training` and "
              "`methods.<K>.task_training.<T>` (default; range):", ""]
     lines += [f"- {option_line(k, spec)}" for k, spec in training_properties().items()]
-    lines += ["", "### Method options", "",
-              "The keys of a `methods:` entry besides `method`, `tasks`, `rates`, `task_rates`, `task_seeds`, "
-              "`training` and `task_training` (default; range):", ""]
-    # The methods' options are declared in their modules: reading them imports the registry
-    # and torch, which only the docs generator pays.
-    from diffprune.method_options import docs_lines
-    from diffprune.registry import METHODS, method_class
-
-    lines += docs_lines({name: method_class(name) for name in METHODS})
     return "\n".join(lines + ["", DOC_END])
 
 
@@ -286,7 +276,7 @@ def documented_section(text: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="print or write the docs generated from the config schema and the method options")
+        description="print or write the docs generated from the config schema")
     parser.add_argument("--write-docs", action="store_true", help=f"replace the generated section of {ARCHITECTURE_DOC.name}")
     args = parser.parse_args(argv)
     generated = render_docs()

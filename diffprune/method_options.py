@@ -20,7 +20,8 @@ Everything else is derived from that one declaration: the defaults
 (``Method.option_defaults``), the check of a config entry's options (an unknown key, a wrong
 type or a value out of range, named with the key and the allowed values: ``check_options``,
 called at planning by ``diffprune.settings`` and on every ``Method(**options)``) and the
-"Method options" section of docs/ARCHITECTURE.md (``docs_lines``). The check reuses the config
+method reference that ``python -m diffprune methods`` prints (``render_method_docs``): it is
+generated when asked for, not kept in a file, so adding a method changes no docs. The check reuses the config
 schema's validator and messages (``diffprune.config_schema``), so an option reads like any
 other config key; this module imports neither torch nor the registry.
 """
@@ -122,9 +123,19 @@ def check_options(method: str, options_cls: type, values: dict, where: str) -> N
             raise ConfigError(f"{where}.{key} must be a finite number, got {value!r}")
 
 
+METHOD_DOCS_HEADER = ("The keys of a `methods:` entry besides `method`, `tasks`, `rates`, `task_rates`, `task_seeds`, "
+                      "`training` and `task_training` (default; range):")
+
+
+def render_method_docs(methods: dict[str, type]) -> str:
+    """What ``python -m diffprune methods`` prints: every method (name -> Method class) with
+    its options."""
+    return "\n".join(["Method options", "", METHOD_DOCS_HEADER, "", *docs_lines(methods)])
+
+
 def docs_lines(methods: dict[str, type]) -> list[str]:
-    """The "Method options" list of docs/ARCHITECTURE.md: per method (name -> Method class),
-    its summary, then each option with its default, range and help text."""
+    """Per method (name -> Method class): its summary, then each option with its default,
+    range and help text."""
     lines = []
     for name, cls in methods.items():
         options = schema_of(cls.Options)["properties"]
