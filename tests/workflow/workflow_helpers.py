@@ -15,9 +15,12 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def snakemake_env(**extra: str) -> dict[str, str]:
-    """The environment of a workflow run: offline, and no data folders unless given."""
+    """The environment of a workflow run: offline, no data folders unless given, and this
+    checkout's diffprune first on the path (an editable install may point at another
+    checkout of the project, e.g. a second git worktree: its code is not what is tested)."""
     env = {k: v for k, v in os.environ.items() if k not in ("GLUE_DIR", "SQUAD_DIR", "DIFFPRUNE_GPU_SLOTS")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.update(extra)
     return env
 
