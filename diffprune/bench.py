@@ -8,10 +8,14 @@ adaptive diff pruning, fixed-mask finetuning of its projection) trained through
 ``diffprune.training_step.training_step``, the function the runner's train loop calls: the
 method's ``prepare``, ``make_optimizer``, ``begin_step`` and ``penalty``, clipping and the
 learning-rate schedule included. Each phase gets fresh trainable state, warm-up steps, then
-timed steps (median reported). Peak memory is the phase's high-water mark: on CUDA
-``max_memory_allocated``; on CPU the process's peak resident set (VmHWM), reset before each
-phase (``/proc/self/clear_refs``) after the previous phase's state is freed and returned to
-the OS. ``--peers`` adds what users would run instead, in the same process and batch
+timed steps (median reported). Two passes: in the first, each phase trains alone and its
+peak memory is its high-water mark (on CUDA ``max_memory_allocated``; on CPU the process's
+peak resident set, VmHWM, reset before each phase through ``/proc/self/clear_refs`` after the
+previous phase's state is freed and returned to the OS). In the second, the three phases are
+built side by side and their steps are timed in turn (full, L0, fixed, full, ...), so that a
+change of load on a shared machine reaches all three alike: the step times and time ratios
+come from this pass (on a 2-core virtual machine, step times of one phase timed alone drifted
+by 30% between runs, which no ratio of separately timed phases survives). ``--peers`` adds what users would run instead, in the same process and batch
 (``diffprune.bench_peers``). The last line printed is a JSON object with the ratios.
 """
 from __future__ import annotations
@@ -107,19 +111,36 @@ def load_model(spec: str, num_labels: int = 2) -> tuple[nn.Module, str]:
     return model, model_id
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued kernels (on CUDA they run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_call(step, i: int, device: torch.device) -> float:
+    """Seconds of ``step(i)``, its kernels included."""
+    synchronize(device)
+    start = time.perf_counter()
+    step(i)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def time_steps(step, warmup: int, steps: int, device: torch.device) -> list[float]:
     """Seconds of each of ``steps`` calls of ``step(i)`` after ``warmup`` untimed ones."""
+    return time_in_turn({"only": step}, warmup, steps, device)["only"]
+
+
+def time_in_turn(steps_by_name: dict, warmup: int, steps: int, device: torch.device) -> dict[str, list[float]]:
+    """Step times of several step functions, one step of each in turn (after ``warmup``
+    untimed rounds): every function sees the same load, whatever the rest of the machine does."""
     for i in range(warmup):
-        step(i)
-    times = []
+        for step in steps_by_name.values():
+            step(i)
+    times = {name: [] for name in steps_by_name}
     for i in range(warmup, warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # kernels run asynchronously: wait for this step's
-        times.append(time.perf_counter() - start)
+        for name, step in steps_by_name.items():
+            times[name].append(timed_call(step, i, device))
     return times
 
 
@@ -149,21 +170,27 @@ class Bench:
         return {**TRAINING_DEFAULTS, "learning_rate": learning_rate, "max_grad_norm": self.max_grad_norm,
                 "precision": self.precision}
 
-    def measure(self, method, module, learning_rate: float) -> tuple[list[float], int, object]:
-        """(step times, peak memory, optimizer) of training ``module`` (prepared by ``method``)
-        exactly as runner.train_loop does; the optimizer is made inside the measured block."""
+    def step_function(self, method, module, learning_rate: float):
+        """(step(i), optimizer): one step of training ``module`` (prepared by ``method``)
+        exactly as runner.train_loop does it."""
         training = self.training(learning_rate)
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        optimizer = method.make_optimizer(module, training)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        trainable = [p for p in module.parameters() if p.requires_grad]
+
+        def step(i):
+            training_step(module, method, [self.inputs], 1, optimizer, step=i, device=self.device,
+                          precision=self.precision, max_grad_norm=self.max_grad_norm, scheduler=scheduler,
+                          scaler=scaler, trainable=trainable)
+
+        return step, optimizer
+
+    def measure(self, method, module, learning_rate: float) -> tuple[list[float], int, object]:
+        """(step times, peak memory, optimizer) of training ``module`` alone; the optimizer is
+        made inside the measured block."""
         with PeakMemory(self.device) as mem:
-            optimizer = method.make_optimizer(module, training)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-            trainable = [p for p in module.parameters() if p.requires_grad]
-
-            def step(i):
-                training_step(module, method, [self.inputs], 1, optimizer, step=i, device=self.device,
-                              precision=self.precision, max_grad_norm=self.max_grad_norm, scheduler=scheduler,
-                              scaler=scaler, trainable=trainable)
-
+            step, optimizer = self.step_function(method, module, learning_rate)
             times = time_steps(step, self.warmup, self.steps, self.device)
         return times, mem.peak, optimizer
 
@@ -216,7 +243,23 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     del base
     times, peak, optimizer = bench.measure(fixed, module, learning_rate=1e-4)
     results["fixed"] = (times, peak)
-    del module, optimizer
+    del optimizer
+    _trim_heap()
+
+    # Second pass, for the step times: the three phases side by side (fresh full finetuning and
+    # L0 phase; the projection just measured, with a fresh optimizer), one step of each in turn.
+    full_again = build_method("full_finetuning")
+    full_module = full_again.prepare(bench.fresh_model(), bench.head_pattern)
+    full_again.pretrained = None
+    l0_again = build_method("diff_pruning", structured=structured, alpha_learning_rate=1e-3)
+    l0_module = l0_again.prepare(bench.fresh_model(), bench.head_pattern)
+    phase_steps = {"full": bench.step_function(full_again, full_module, 1e-5),
+             "l0": bench.step_function(l0_again, l0_module, 1e-3),
+             "fixed": bench.step_function(fixed, module, 1e-4)}
+    in_turn = time_in_turn({phase: step for phase, (step, _) in phase_steps.items()}, bench.warmup, bench.steps,
+                           bench.device)
+    release_optimizer(phase_steps["l0"][1])
+    del phase_steps, full_module, l0_module, module
     _trim_heap()
 
     summary = {
@@ -226,12 +269,13 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
         "l0_optimizer": l0_optimizer,
         "nonzeros": fixed.nonzeros, "diffed_params": fixed.diffed_params,
     }
-    for phase, (times, peak) in results.items():
-        summary[f"{phase}_seconds_per_step"] = round(statistics.median(times), 4)
+    for phase, (times_alone, peak) in results.items():
+        summary[f"{phase}_seconds_per_step"] = round(statistics.median(in_turn[phase]), 4)
+        summary[f"{phase}_seconds_per_step_alone"] = round(statistics.median(times_alone), 4)
         summary[f"{phase}_peak_mb"] = round(peak / 2**20, 1)
-    full_time, full_peak = statistics.median(results["full"][0]), results["full"][1]
+    full_time, full_peak = statistics.median(in_turn["full"]), results["full"][1]
     for phase in ("l0", "fixed"):
-        summary[f"{phase}_time_ratio"] = round(statistics.median(results[phase][0]) / full_time, 3)
+        summary[f"{phase}_time_ratio"] = round(statistics.median(in_turn[phase]) / full_time, 3)
         summary[f"{phase}_mem_ratio"] = round(results[phase][1] / full_peak, 3)
     if peers:
         from diffprune.bench_peers import run_peers

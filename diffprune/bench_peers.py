@@ -19,24 +19,12 @@ import time
 
 import torch
 
+from diffprune.bench import synchronize, time_in_turn
 from diffprune.device import autocast_context
 from diffprune.registry import build_method
 from diffprune.training_step import training_step
 
 LORA = {"rank": 8, "lora_alpha": 8}
-
-
-def _synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(step, i, device) -> float:
-    _synchronize(device)
-    start = time.perf_counter()
-    step(i)
-    _synchronize(device)
-    return time.perf_counter() - start
 
 
 def plain_step(bench, model, learning_rate: float):
@@ -75,14 +63,8 @@ def runner_step(bench, method, module, learning_rate: float):
 
 def alternate(bench, first, second) -> tuple[list[float], list[float]]:
     """Step times of two step functions, run one step each in turn."""
-    for i in range(bench.warmup):
-        first(i)
-        second(i)
-    times_first, times_second = [], []
-    for i in range(bench.warmup, bench.warmup + bench.steps):
-        times_first.append(_timed(first, i, bench.device))
-        times_second.append(_timed(second, i, bench.device))
-    return times_first, times_second
+    times = time_in_turn({"first": first, "second": second}, bench.warmup, bench.steps, bench.device)
+    return times["first"], times["second"]
 
 
 def trainer_times(bench, learning_rate: float) -> list[float]:
@@ -94,11 +76,11 @@ def trainer_times(bench, learning_rate: float) -> list[float]:
             self.times, self.start = [], None
 
         def on_step_begin(self, args, state, control, **kwargs):
-            _synchronize(bench.device)
+            synchronize(bench.device)
             self.start = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            _synchronize(bench.device)
+            synchronize(bench.device)
             self.times.append(time.perf_counter() - self.start)
 
     rows = [{k: v[i].cpu() for k, v in bench.inputs.items()} for i in range(bench.batch)]

@@ -27,6 +27,7 @@ def test_bench_with_peers_prints_every_phase_and_ratio(capsys):
     assert (summary["batch"], summary["seq"], summary["steps"], summary["precision"]) == (2, 8, 2, "fp32")
     for phase in PHASES:
         assert summary[f"{phase}_seconds_per_step"] > 0 and summary[f"{phase}_peak_mb"] > 0
+        assert summary[f"{phase}_seconds_per_step_alone"] > 0
         assert any(line.strip().startswith(f"{phase}:") for line in lines)
     for ratio in ("l0_time_ratio", "l0_mem_ratio", "fixed_time_ratio", "fixed_mem_ratio"):
         assert summary[ratio] > 0
@@ -48,3 +49,14 @@ def test_bench_with_clipping_keeps_the_gradient_of_delta():
     assert summary["l0_optimizer"] == "DeltaGradAdamW"
     assert summary["nonzeros"] == kept_count(1.0, summary["diffed_params"])
     assert "runner_full_vs_plain" not in summary
+
+
+def test_steps_timed_in_turn_see_the_same_rounds():
+    """One step of each function per round, in order, after the untimed warm-up rounds: a
+    change of load reaches every phase alike."""
+    calls = []
+    steps = {name: (lambda i, name=name: calls.append((name, i))) for name in ("full", "l0", "fixed")}
+    times = bench.time_in_turn(steps, warmup=1, steps=2, device=torch.device("cpu"))
+    assert calls == [(name, i) for i in range(3) for name in ("full", "l0", "fixed")]
+    assert {name: len(t) for name, t in times.items()} == {"full": 2, "l0": 2, "fixed": 2}
+    assert all(t >= 0 for ts in times.values() for t in ts)
