@@ -12,8 +12,9 @@ CORES ?= all
 # start-up, since many environments set PYTHONDONTWRITEBYTECODE (nothing compiled on import
 # is kept; uncompiled, each job's start-up went from 4 s to 13 s). pip would compile each
 # package in turn on one core; compileall -j 0 compiles on every core (on 2 cores, with pip's
-# download cache warm: set-up 147 s before, 94-109 s in three fresh clones after). Like pip, it leaves out files this Python cannot compile (torch ships a
-# Python-3.12-only test helper), hence the ignored exit status.
+# download cache warm: set-up 147 s before, 94-109 s in three fresh clones after). Like pip,
+# it leaves out files this Python cannot compile (torch ships a Python-3.12-only test
+# helper), hence the ignored exit status.
 PIP_INSTALL := $(PY) -m pip install --quiet --no-compile
 
 $(STAMP): requirements.txt pyproject.toml

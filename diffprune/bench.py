@@ -15,8 +15,9 @@ previous phase's state is freed and returned to the OS). In the second, the thre
 built side by side and their steps are timed in turn (full, L0, fixed, full, ...), so that a
 change of load on a shared machine reaches all three alike: the step times and time ratios
 come from this pass (on a 2-core virtual machine, step times of one phase timed alone drifted
-by 30% between runs, which no ratio of separately timed phases survives). ``--peers`` adds what users would run instead, in the same process and batch
-(``diffprune.bench_peers``). The last line printed is a JSON object with the ratios.
+by 30% between runs, which no ratio of separately timed phases survives). ``--peers`` adds
+what users would run instead, in the same process and batch (``diffprune.bench_peers``).
+The last line printed is a JSON object with the ratios.
 """
 from __future__ import annotations
 
@@ -254,8 +255,8 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     l0_again = build_method("diff_pruning", structured=structured, alpha_learning_rate=1e-3)
     l0_module = l0_again.prepare(bench.fresh_model(), bench.head_pattern)
     phase_steps = {"full": bench.step_function(full_again, full_module, 1e-5),
-             "l0": bench.step_function(l0_again, l0_module, 1e-3),
-             "fixed": bench.step_function(fixed, module, 1e-4)}
+                   "l0": bench.step_function(l0_again, l0_module, 1e-3),
+                   "fixed": bench.step_function(fixed, module, 1e-4)}
     in_turn = time_in_turn({phase: step for phase, (step, _) in phase_steps.items()}, bench.warmup, bench.steps,
                            bench.device)
     release_optimizer(phase_steps["l0"][1])

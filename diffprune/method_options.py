@@ -21,9 +21,9 @@ Everything else is derived from that one declaration: the defaults
 type or a value out of range, named with the key and the allowed values: ``check_options``,
 called at planning by ``diffprune.settings`` and on every ``Method(**options)``) and the
 method reference that ``python -m diffprune methods`` prints (``render_method_docs``): it is
-generated when asked for, not kept in a file, so adding a method changes no docs. The check reuses the config
-schema's validator and messages (``diffprune.config_schema``), so an option reads like any
-other config key; this module imports neither torch nor the registry.
+generated when asked for, not kept in a file, so adding a method changes no docs. The check
+reuses the config schema's validator and messages (``diffprune.config_schema``), so an option
+reads like any other config key; this module imports neither torch nor the registry.
 """
 from __future__ import annotations
 
