@@ -26,19 +26,34 @@ def dense_chunks(sparse: torch.Tensor, parts: list[slice]):
     """A function i -> the dense flat chunk ``parts[i]`` of a coalesced row-sparse tensor (an
     embedding lookup's gradient): a new tensor, zero off the stored rows. The whole tensor is
     never made dense."""
+    return scattered_chunks(row_positions(sparse), sparse.values().reshape(-1), parts)
+
+
+def row_positions(sparse: torch.Tensor) -> torch.Tensor:
+    """The flat positions of a coalesced row-sparse tensor's stored entries, ascending (in the
+    order of ``values().reshape(-1)``)."""
     rows, values = sparse.indices()[0], sparse.values()
     row_numel = values.shape[1:].numel()
-    # flat positions of the stored entries, ascending (coalesced rows are sorted)
-    positions = (rows.unsqueeze(1) * row_numel + torch.arange(row_numel, device=rows.device)).view(-1)
-    flat_values = values.reshape(-1)
-    starts = torch.tensor([part.start for part in parts] + [parts[-1].stop], device=rows.device)
+    # coalesced rows are sorted
+    return (rows.unsqueeze(1) * row_numel + torch.arange(row_numel, device=rows.device)).view(-1)
+
+
+def scattered_chunks(positions: torch.Tensor, flat_values: torch.Tensor, parts: list[slice]):
+    """A function (i, base=None) -> the flat chunk ``parts[i]`` of a tensor that is ``flat_values``
+    at the ascending flat ``positions`` and zero elsewhere; with ``base`` (that chunk of another
+    tensor, written in place and returned), that tensor added to ``base`` at the positions."""
+    starts = torch.tensor([part.start for part in parts] + [parts[-1].stop], device=positions.device)
     bounds = torch.searchsorted(positions, starts).tolist()  # one read for every chunk
 
-    def chunk(i: int) -> torch.Tensor:
+    def chunk(i: int, base: torch.Tensor | None = None) -> torch.Tensor:
         part, lo, hi = parts[i], bounds[i], bounds[i + 1]
-        out = torch.zeros(part.stop - part.start, dtype=values.dtype, device=values.device)
-        out[positions[lo:hi] - part.start] = flat_values[lo:hi]
-        return out
+        index = positions[lo:hi] - part.start
+        if base is None:
+            out = torch.zeros(part.stop - part.start, dtype=flat_values.dtype, device=flat_values.device)
+            out[index] = flat_values[lo:hi]
+            return out
+        base[index] += flat_values[lo:hi]
+        return base
 
     return chunk
 

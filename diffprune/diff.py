@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from diffprune.chunked import chunks, dense_chunks, flat
+from diffprune.chunked import chunks, flat, row_positions, scattered_chunks
 from diffprune.diff_pruning_config import DiffPruningConfig
 from diffprune.gated_diff import GatedDiff, GatedRows, diff_gradient_chunk
 from diffprune.gates import ExpectedL0, draw_gate_sample_, logistic_s_, stretch
@@ -269,20 +269,34 @@ class DiffPrunedModel(ReparametrizedModel):
         tensors, None where ``diff_grads_present`` says there is none), formed from the kept
         d loss / d delta by the operations autograd's backward uses: w's is grad * z (* z_g),
         alpha's grad * w (* z_g) * dz/dalpha, plus the pending penalty gradient. Read before
-        the chunk of w and alpha is updated: alpha's depends on w and on alpha itself."""
+        the chunk of w and alpha is updated: alpha's depends on w and on alpha itself.
+
+        A row-sparse kept gradient (an embedding lookup's: the batch's rows of a vocabulary)
+        has its gate maths done on the stored rows only, before the first chunk; off them the
+        gradients are zero (plus the penalty's for alpha), as the dense maths gives them."""
         left, right = self.config.left, self.config.right
         w_flat = flat(self.w[slot.index].detach())
         s = flat(self.sample_view(slot))
         kept = self._delta_grads.get(slot.index)
         parts = list(chunks(slot.numel))
-        dense_parts = dense_chunks(kept, parts) if kept is not None and kept.is_sparse else None
         z_group = self.group_gate(slot.index) if self.group_alpha is not None else None
+        rows = None
+        if kept is not None and kept.is_sparse:
+            positions = row_positions(kept)
+            g_w_rows, g_alpha_rows, _ = diff_gradient_chunk(kept.values().reshape(-1), w_flat[positions], s[positions],
+                                                            left, right, z_group, group_dot=False)
+            rows = (scattered_chunks(positions, g_w_rows, parts), scattered_chunks(positions, g_alpha_rows, parts))
         for i, part in enumerate(parts):
             g_w = g_alpha = None
-            if kept is not None:
-                g = dense_parts(i) if dense_parts is not None else kept.view(-1)[part]
-                g_w, g_alpha, _ = diff_gradient_chunk(g, w_flat[part], s[part], left, right, z_group, group_dot=False)
-            if self._penalty_pending:
+            if rows is not None:
+                # alpha's: the penalty's gradient plus the gate part on the rows (the sum the
+                # dense maths makes, in the other order: IEEE addition commutes)
+                g_w = rows[0](i)
+                g_alpha = rows[1](i, self._penalty_gradient(slot.index, part) if self._penalty_pending else None)
+            elif kept is not None:
+                g_w, g_alpha, _ = diff_gradient_chunk(kept.view(-1)[part], w_flat[part], s[part], left, right, z_group,
+                                                      group_dot=False)
+            if self._penalty_pending and rows is None:
                 penalty = self._penalty_gradient(slot.index, part)
                 g_alpha = penalty if g_alpha is None else g_alpha.add_(penalty)
             yield part, g_w, g_alpha
