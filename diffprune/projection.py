@@ -75,8 +75,74 @@ def top_k_positions(dense: dict[str, torch.Tensor], rate: float) -> dict[str, to
     return out
 
 
+class _ScatteredValues(torch.autograd.Function):
+    """The held effective weight of one slot (theta_0 plus ``values`` at ``positions``, written
+    by ``FixedMaskModel.refresh_effective``) as a function of ``values``: the gradient of
+    ``values`` is the weight's gradient at the positions, as ``index_add``'s backward gives it."""
+
+    @staticmethod
+    def forward(ctx, values, model: "FixedMaskModel", slot: Slot):
+        ctx.positions, ctx.values_dtype = model.positions(slot), values.dtype
+        # an alias, not the buffer's view itself: autograd takes over the tensor a Function returns
+        return model._current(slot).detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.reshape(-1).index_select(0, ctx.positions).to(ctx.values_dtype), None, None
+
+
+class _ScatteredRows(torch.autograd.Function):
+    """Rows ``ids`` of the held effective weight of an embedding slot (a lookup), as a function
+    of ``values``: the values the lookup of the whole weight gives, and the gradient it gives
+    ``values`` (the weight's gradient at the kept positions), with no vocabulary-sized
+    gradient made: the looked-up rows' gradients are summed over the batch's tokens in token
+    order, the additions ``embedding_backward`` makes, so the result is the same bit for bit."""
+
+    @staticmethod
+    def forward(ctx, values, model: "FixedMaskModel", slot: Slot, ids: torch.Tensor, padding_idx: int,
+                scale_grad_by_freq: bool):
+        ctx.positions, ctx.values_dtype = model.positions(slot), values.dtype
+        ctx.padding_idx, ctx.scale_grad_by_freq, ctx.num_rows = padding_idx, scale_grad_by_freq, slot.shape[0]
+        ctx.save_for_backward(ids)
+        return torch.embedding(model._current(slot), ids)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        positions = ctx.positions
+        if ctx.scale_grad_by_freq:  # counts over the whole batch: the whole gradient, as autograd makes it
+            whole = torch.ops.aten.embedding_backward(grad, ids, ctx.num_rows, ctx.padding_idx, True, False)
+            return whole.reshape(-1).index_select(0, positions).to(ctx.values_dtype), *([None] * 5)
+        width = grad.shape[-1]
+        flat_ids, rows_grad = ids.reshape(-1), grad.reshape(-1, width)
+        if ctx.padding_idx >= 0:  # the padding row gets no gradient
+            keep = flat_ids != ctx.padding_idx
+            flat_ids, rows_grad = flat_ids[keep], rows_grad[keep]
+        looked_up, which = torch.unique(flat_ids, sorted=True, return_inverse=True)
+        sums = torch.zeros(looked_up.numel(), width, dtype=grad.dtype, device=grad.device)
+        sums.index_add_(0, which, rows_grad)
+        row, column = positions // width, positions % width
+        slot_of = torch.searchsorted(looked_up, row).clamp_(max=max(looked_up.numel() - 1, 0))
+        out = torch.zeros(positions.numel(), dtype=grad.dtype, device=grad.device)
+        if looked_up.numel():
+            hit = looked_up[slot_of] == row
+            out[hit] = sums[slot_of[hit], column[hit]]
+        return out.to(ctx.values_dtype), *([None] * 5)
+
+
 class FixedMaskModel(ReparametrizedModel):
-    """theta_0 with trainable values at fixed positions: theta = theta_0 + scatter(positions, values)."""
+    """theta_0 with trainable values at fixed positions: theta = theta_0 + scatter(positions, values).
+
+    The effective weights of the tensors with kept positions are held whole, in one flat
+    non-persistent buffer per dtype: only the kept entries change when ``values`` does, so
+    each forward writes those few entries, all tensors at once (``refresh_effective``),
+    instead of building d-sized weights in forward and again for backward, and saved weights
+    need no recompute. The cost is one d-sized copy of those pretrained tensors; a training
+    step already held as much at its peak.
+    """
+
+    persistent_effective_weights = True
+    row_lookups = True
 
     def __init__(self, model: nn.Module, positions: dict[str, torch.Tensor], values: dict[str, torch.Tensor],
                  head_pattern: str | None = None) -> None:
@@ -97,6 +163,32 @@ class FixedMaskModel(ReparametrizedModel):
             self.register_buffer(f"positions_{slot.index}", index)
             self._value_index[slot.index] = len(self.values)
             self.values.append(nn.Parameter(values[name].detach().to(device=slot.base.device, dtype=torch.float32).reshape(-1).clone()))
+        self._place_effective_weights()
+
+    def _place_effective_weights(self) -> None:
+        """Lay the effective weights out: per dtype, one flat buffer (``effective_<k>``) holding
+        theta_0 of its tensors one after another, the flat positions of their kept entries in
+        it (``kept_<k>``) and theta_0 there (``kept_base_<k>``)."""
+        self._groups: list[list[int]] = []  # group k -> the slot indices it holds, in order
+        self._place: dict[int, tuple[int, int]] = {}  # slot index -> (group k, offset in its buffer)
+        by_dtype: dict[torch.dtype, int] = {}
+        for slot in self.slots:
+            if slot.index in self._value_index:
+                k = by_dtype.setdefault(slot.base.dtype, len(self._groups))
+                if k == len(self._groups):
+                    self._groups.append([])
+                self._groups[k].append(slot.index)
+        for k, indices in enumerate(self._groups):
+            slots = [self.slots[i] for i in indices]
+            offsets = [0]
+            for slot in slots:
+                self._place[slot.index] = (k, offsets[-1])
+                offsets.append(offsets[-1] + slot.numel)
+            flat_base = torch.cat([slot.base.detach().reshape(-1) for slot in slots])
+            kept = torch.cat([self.positions(slot) + offset for slot, offset in zip(slots, offsets)])
+            self.register_buffer(f"effective_{k}", flat_base, persistent=False)
+            self.register_buffer(f"kept_{k}", kept, persistent=False)
+            self.register_buffer(f"kept_base_{k}", flat_base[kept].clone(), persistent=False)
 
     @classmethod
     def from_dense(cls, model: nn.Module, dense: dict[str, torch.Tensor], rate: float,
@@ -119,16 +211,45 @@ class FixedMaskModel(ReparametrizedModel):
     def is_identity(self, slot: Slot) -> bool:
         return slot.index not in self._value_index
 
+    @torch.no_grad()
+    def refresh_effective(self) -> None:
+        """Write the kept entries of every effective weight from ``values``: theta_0 + values
+        there, by the one addition ``index_add`` would make. Done at each forward, since
+        nothing cheaper tells reliably that ``values`` changed (fused AdamW updates a
+        parameter without bumping its version counter); it costs O(kept entries)."""
+        for k, indices in enumerate(self._groups):
+            buffer = getattr(self, f"effective_{k}")
+            values = torch.cat([self.values[self._value_index[i]].detach() for i in indices]).to(buffer.dtype)
+            buffer[getattr(self, f"kept_{k}")] = getattr(self, f"kept_base_{k}") + values
+
+    def forward(self, *args, **kwargs):
+        self._check_usable()
+        self.refresh_effective()
+        return super().forward(*args, **kwargs)
+
+    def _current(self, slot: Slot) -> torch.Tensor:
+        """The slot's effective weight (a view of its group's buffer), as the last forward wrote it."""
+        k, offset = self._place[slot.index]
+        return getattr(self, f"effective_{k}")[offset: offset + slot.numel].view(slot.shape)
+
     def effective(self, slot: Slot) -> torch.Tensor:
         values = self.slot_values(slot)
         if values is None:
             return slot.base
-        flat = slot.base.reshape(-1).index_add(0, self.positions(slot), values.to(slot.base.dtype))
-        return flat.view(slot.shape)
+        if torch.is_grad_enabled() and values.requires_grad:
+            return _ScatteredValues.apply(values, self, slot)
+        return self._current(slot)
 
     def rebuild(self, slot: Slot) -> torch.Tensor:
+        return slot.base if self.slot_values(slot) is None else self._current(slot)
+
+    def effective_rows(self, slot: Slot, ids: torch.Tensor, padding_idx: int, scale_grad_by_freq: bool) -> torch.Tensor:
         values = self.slot_values(slot)
-        return slot.base.reshape(-1).index_add(0, self.positions(slot), values.detach().to(slot.base.dtype)).view(slot.shape)
+        if values is None:
+            return torch.embedding(slot.base, ids)
+        if torch.is_grad_enabled() and values.requires_grad:
+            return _ScatteredRows.apply(values, self, slot, ids, padding_idx, scale_grad_by_freq)
+        return torch.embedding(self._current(slot), ids)
 
     def sparse_diff(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """{name: (flat positions, values)} for every tensor with kept entries."""

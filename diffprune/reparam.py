@@ -129,6 +129,10 @@ class ReparametrizedModel(nn.Module):
     def rebuild(self, slot: Slot) -> torch.Tensor:
         raise NotImplementedError
 
+    # True if effective values live as long as the wrapper (kept up to date, not built per
+    # forward): backward then reads them as saved, with no recompute (``rebuild``).
+    persistent_effective_weights = False
+
     # True if ``effective_rows`` is implemented: an nn.Embedding owner's lookups then read the
     # rows of the effective weight instead of the whole weight built (``RowLookup``).
     row_lookups = False
@@ -210,7 +214,7 @@ class ReparametrizedModel(nn.Module):
         self._installed[slot.index] = [value, 1]
         if value is slot.base:
             return
-        if value.requires_grad:
+        if value.requires_grad and not self.persistent_effective_weights:
             self._live[value.untyped_storage().data_ptr()] = slot.index
         for module, attr in slot.owners:
             module._parameters[attr] = value

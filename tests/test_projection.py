@@ -1,4 +1,6 @@
 """project: exact nonzero count, global top-k, O(nnz) fixed-mask training."""
+import copy
+
 import pytest
 import torch
 
@@ -120,3 +122,53 @@ def test_project_releases_the_old_wrapper_loudly(tiny_bert, tiny_batch):
     with pytest.raises(RuntimeError, match="released"):
         project(dm, 10.0)
     fixed(**tiny_batch)  # the returned model is the one to use
+
+
+def _values_gradients(model, batch, rate, row_lookups):
+    """(loss, the gradient of every kept value) of one forward and backward of the model's
+    fixed-mask form, its embedding lookups reading rows or the whole effective weight."""
+    model = copy.deepcopy(model)
+    torch.manual_seed(3)
+    dense = {n: torch.randn_like(p) * 0.1 for n, p in model.named_parameters() if not n.startswith("classifier")}
+    fixed = FixedMaskModel.from_dense(model, dense, rate=rate).eval()
+    fixed.row_lookups = row_lookups
+    loss = fixed(**batch).loss
+    loss.backward()
+    return loss.detach(), [v.grad for v in fixed.values]
+
+
+@pytest.mark.parametrize("rate", [5.0, 100.0])
+def test_fixed_mask_row_lookups_give_the_whole_weights_gradients_bit_for_bit(tiny_bert, tiny_batch, rate):
+    """An embedding's kept values get their gradient from the looked-up rows alone (repeated
+    tokens, the padding row, rows without kept entries): the same bits as from the
+    vocabulary-sized gradient of the whole effective weight."""
+    batch = {**tiny_batch, "input_ids": tiny_batch["input_ids"].clone()}
+    batch["input_ids"][:, 5:] = tiny_bert.config.pad_token_id  # padding, and many repeated tokens
+    batch["input_ids"][:, 1] = 7
+    assert tiny_bert.bert.embeddings.word_embeddings.padding_idx == tiny_bert.config.pad_token_id
+    loss_rows, rows = _values_gradients(tiny_bert, batch, rate, row_lookups=True)
+    loss_whole, whole = _values_gradients(tiny_bert, batch, rate, row_lookups=False)
+    assert torch.equal(loss_rows, loss_whole)
+    assert len(rows) == len(whole) and all(torch.equal(a, b) for a, b in zip(rows, whole))
+    assert any(g.abs().sum() > 0 for g in rows)
+
+
+def test_fixed_mask_row_lookups_with_scale_grad_by_freq_and_tied_weights():
+    """A language model whose embedding scales its gradient by token frequency and is also its
+    output projection: the kept values get the gradient of both uses, as from the whole weight."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    model.transformer.wte.scale_grad_by_freq = True
+    ids = torch.randint(0, 50, (2, 6))
+    ids[:, 2] = 4
+    results = []
+    for row_lookups in (True, False):
+        dense = {n: torch.full_like(p, 0.01) + torch.arange(p.numel()).view_as(p) * 1e-4
+                 for n, p in model.named_parameters()}
+        fixed = FixedMaskModel.from_dense(copy.deepcopy(model), dense, rate=30.0, head_pattern=r"(?!)").eval()
+        fixed.row_lookups = row_lookups
+        fixed(input_ids=ids, labels=ids).loss.backward()
+        results.append([v.grad for v in fixed.values])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
