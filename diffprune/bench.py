@@ -196,6 +196,19 @@ class Bench:
         return times, mem.peak, optimizer
 
 
+def time_begin_step(method, device: torch.device) -> list[float]:
+    """From now on, record the seconds of each of ``method.begin_step``'s calls (for diff
+    pruning: drawing the step's gate sample, d uniform numbers and their logistic transform)."""
+    times: list[float] = []
+    begin_step = method.begin_step
+
+    def timed(module, step):
+        times.append(timed_call(lambda i: begin_step(module, i), step, device))
+
+    method.begin_step = timed
+    return times
+
+
 def release_optimizer(optimizer) -> None:
     if hasattr(optimizer, "remove_hooks"):
         optimizer.remove_hooks()  # its hooks keep the optimizer state alive through the parameters
@@ -254,6 +267,7 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     full_again.pretrained = None
     l0_again = build_method("diff_pruning", structured=structured, alpha_learning_rate=1e-3)
     l0_module = l0_again.prepare(bench.fresh_model(), bench.head_pattern)
+    noise_times = time_begin_step(l0_again, bench.device)  # the step's gate sample, within the L0 step
     phase_steps = {"full": bench.step_function(full_again, full_module, 1e-5),
                    "l0": bench.step_function(l0_again, l0_module, 1e-3),
                    "fixed": bench.step_function(fixed, module, 1e-4)}
@@ -278,6 +292,9 @@ def run(model_spec: str, batch: int, seq: int, warmup: int, steps: int, rate: fl
     for phase in ("l0", "fixed"):
         summary[f"{phase}_time_ratio"] = round(statistics.median(in_turn[phase]) / full_time, 3)
         summary[f"{phase}_mem_ratio"] = round(results[phase][1] / full_peak, 3)
+    noise = statistics.median(noise_times[-bench.steps:])
+    summary["l0_noise_seconds_per_step"] = round(noise, 4)
+    summary["l0_noise_share_of_full"] = round(noise / full_time, 3)
     if peers:
         from diffprune.bench_peers import run_peers
 

@@ -31,6 +31,9 @@ def test_bench_with_peers_prints_every_phase_and_ratio(capsys):
         assert any(line.strip().startswith(f"{phase}:") for line in lines)
     for ratio in ("l0_time_ratio", "l0_mem_ratio", "fixed_time_ratio", "fixed_mem_ratio"):
         assert summary[ratio] > 0
+    # drawing the gate sample is part of the L0 step
+    assert 0 < summary["l0_noise_seconds_per_step"] < summary["l0_seconds_per_step"]
+    assert summary["l0_noise_share_of_full"] > 0
     # without clipping the L0 phase updates inside backward; the projection kept exactly k entries
     assert summary["max_grad_norm"] == 0 and summary["l0_steps_in_backward"] is True
     assert summary["l0_optimizer"] == "AdamWInBackward"
