@@ -228,9 +228,14 @@ class FixedMaskModel(ReparametrizedModel):
         return super().forward(*args, **kwargs)
 
     def _current(self, slot: Slot) -> torch.Tensor:
-        """The slot's effective weight (a view of its group's buffer), as the last forward wrote it."""
+        """The slot's effective weight (a view of its group's buffer), as the last forward wrote
+        it; a copy for an embedding with ``max_norm``, whose lookup renormalises the weight it
+        is given in place and would otherwise change entries no forward rewrites."""
         k, offset = self._place[slot.index]
-        return getattr(self, f"effective_{k}")[offset: offset + slot.numel].view(slot.shape)
+        held = getattr(self, f"effective_{k}")[offset: offset + slot.numel].view(slot.shape)
+        if any(isinstance(module, nn.Embedding) and module.max_norm is not None for module, _ in slot.owners):
+            return held.clone()
+        return held
 
     def effective(self, slot: Slot) -> torch.Tensor:
         values = self.slot_values(slot)

@@ -172,3 +172,18 @@ def test_fixed_mask_row_lookups_with_scale_grad_by_freq_and_tied_weights():
         fixed(input_ids=ids, labels=ids).loss.backward()
         results.append([v.grad for v in fixed.values])
     assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_fixed_mask_embedding_with_max_norm_leaves_the_held_weights_as_they_were(tiny_bert, tiny_batch):
+    """A max_norm lookup renormalises the weight it is given in place: it gets a copy, so after
+    forwards the effective weight is still theta_0 + values, entry for entry."""
+    model = copy.deepcopy(tiny_bert)
+    model.bert.embeddings.word_embeddings.max_norm = 0.05  # below the rows' norms: every lookup renormalises
+    dense = {n: torch.randn_like(p) * 0.1 for n, p in model.named_parameters() if not n.startswith("classifier")}
+    fixed = FixedMaskModel.from_dense(model, dense, rate=5.0).eval()
+    slot = next(s for s in fixed.slots if s.name.endswith("word_embeddings.weight"))
+    with torch.no_grad():
+        fixed(**tiny_batch)
+        fixed(**tiny_batch)
+        want = slot.base.reshape(-1).index_add(0, fixed.positions(slot), fixed.slot_values(slot)).view(slot.shape)
+    assert torch.equal(fixed.rebuild(slot), want)
